@@ -1,1 +1,33 @@
-pub fn _x(){}
+//! `tandem-core`: the scene document.
+//!
+//! A scene is an Automerge document (`schema` version + `nodes` map); this crate is
+//! everything that knows its layout, and nothing else: no tokio, no sockets, no files. Hosts
+//! hand it plain [`Node`]s and get back [`SceneEvent`]s; servers and clients move its bytes.
+//!
+//! - [`SceneDoc`] — a document plus the scene it shows: diff host state in, commit
+//!   coalesced edits as attributed changes, apply remote changes and get events out.
+//! - [`Tree`] — the tree rules (cycles, orphans, sibling order), resolved on read.
+//! - [`order`] — fractional indices for sibling order.
+//! - [`Value`] — typed parm values and their JSON form.
+
+mod codec;
+mod error;
+mod events;
+mod ids;
+mod model;
+mod node;
+pub mod order;
+mod scene;
+pub mod schema;
+mod tree;
+mod value;
+
+pub use automerge;
+pub use error::{Error, Result};
+pub use events::SceneEvent;
+pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
+pub use model::Scene;
+pub use node::{Input, Node, SceneSnapshot};
+pub use scene::{DiffReport, SceneDoc};
+pub use tree::{Stamp, Tree};
+pub use value::{Expr, Frame, Keyframe, Scalar, Value};
