@@ -9,6 +9,8 @@
 //! - [`Tree`] — the tree rules (cycles, orphans, sibling order), resolved on read.
 //! - [`order`] — fractional indices for sibling order.
 //! - [`Value`] — typed parm values and their JSON form.
+//! - [`wire`] — the messages peers and the server exchange (automerge-repo protocol plus
+//!   Tandem extensions).
 
 mod codec;
 mod error;
@@ -21,6 +23,7 @@ mod scene;
 pub mod schema;
 mod tree;
 mod value;
+pub mod wire;
 
 pub use automerge;
 pub use error::{Error, Result};

@@ -1,0 +1,96 @@
+//! Server settings: defaults, overridden by a TOML file, overridden by environment
+//! variables and command-line flags (the binary merges them; see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default listen address. Port 7890 is Tandem's documented default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7890";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./tandem-data";
+
+/// Everything `tandem serve` can be told.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (HTTP, `/sync` WebSocket, `/metrics`, `/api/v1`).
+    pub listen: SocketAddr,
+    /// Directory holding the store file.
+    pub data: PathBuf,
+    /// Largest WebSocket message (and frame) accepted, in bytes. Bigger: close 1009.
+    pub max_message_bytes: usize,
+    /// Time allowed from TCP accept to a completed `join`.
+    #[serde(with = "millis")]
+    pub handshake_timeout: Duration,
+    /// How often the server pings each connection.
+    #[serde(with = "millis")]
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed (1008).
+    #[serde(with = "millis")]
+    pub idle_timeout: Duration,
+    /// Frames queued for one connection before it counts as a slow reader and is dropped (1013).
+    pub outbound_queue: usize,
+    /// Connections accepted at once; more are refused with 1013.
+    pub max_connections: usize,
+    /// Largest HTTP request head, in bytes.
+    pub max_request_head_bytes: usize,
+    /// Compact a document when its change log outgrows both its snapshot and this many bytes.
+    pub min_compact_bytes: usize,
+    /// Chat lines replayed to a joining extension peer.
+    pub chat_history: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7890))),
+            data: PathBuf::from(DEFAULT_DATA_DIR),
+            max_message_bytes: 64 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            outbound_queue: 4096,
+            max_connections: 10_000,
+            max_request_head_bytes: 16 << 10,
+            min_compact_bytes: 1 << 20,
+            chat_history: 100,
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+impl Config {
+    /// Parse a TOML config file's text. Durations are in milliseconds
+    /// (`handshake_timeout = 5000`).
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_typos() {
+        let c = Config::from_toml("listen = \"0.0.0.0:9000\"\nhandshake_timeout = 250\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(c.outbound_queue, Config::default().outbound_queue);
+        assert!(Config::from_toml("lissen = \"x\"").is_err());
+    }
+}

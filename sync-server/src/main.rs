@@ -1,0 +1,160 @@
+//! `tandem`: the Tandem sync server's command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tandem_server::config::Config;
+use tandem_server::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Tandem: real-time collaboration for 3D scenes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sync server (WebSocket at /sync, /healthz, /metrics, /api/v1).
+    Serve(ServeArgs),
+}
+
+/// Settings: flag > environment variable > config file > default.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file (same keys as the flags, with underscores; durations in ms).
+    #[arg(long, env = "TANDEM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:7890].
+    #[arg(long, env = "TANDEM_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory holding the store [default: ./tandem-data].
+    #[arg(long, env = "TANDEM_DATA")]
+    data: Option<PathBuf>,
+    /// Largest WebSocket message in bytes; bigger ones close the connection with 1009
+    /// [default: 67108864].
+    #[arg(long, env = "TANDEM_MAX_MESSAGE_BYTES")]
+    max_message_bytes: Option<usize>,
+    /// Milliseconds from TCP accept to a completed join [default: 10000].
+    #[arg(long, env = "TANDEM_HANDSHAKE_TIMEOUT_MS")]
+    handshake_timeout_ms: Option<u64>,
+    /// Milliseconds between pings [default: 15000].
+    #[arg(long, env = "TANDEM_PING_INTERVAL_MS")]
+    ping_interval_ms: Option<u64>,
+    /// Milliseconds of silence (no frame, no pong) before closing with 1008 [default: 45000].
+    #[arg(long, env = "TANDEM_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+    /// Frames queued per connection before it is dropped as a slow reader [default: 4096].
+    #[arg(long, env = "TANDEM_OUTBOUND_QUEUE")]
+    outbound_queue: Option<usize>,
+    /// Simultaneous connections [default: 10000].
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Log as JSON lines.
+    #[arg(long, env = "TANDEM_LOG_JSON")]
+    log_json: bool,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Config::from_toml(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        let ms = std::time::Duration::from_millis;
+        if let Some(v) = self.listen {
+            c.listen = v
+        }
+        if let Some(v) = self.data {
+            c.data = v
+        }
+        if let Some(v) = self.max_message_bytes {
+            c.max_message_bytes = v
+        }
+        if let Some(v) = self.handshake_timeout_ms {
+            c.handshake_timeout = ms(v)
+        }
+        if let Some(v) = self.ping_interval_ms {
+            c.ping_interval = ms(v)
+        }
+        if let Some(v) = self.idle_timeout_ms {
+            c.idle_timeout = ms(v)
+        }
+        if let Some(v) = self.outbound_queue {
+            c.outbound_queue = v
+        }
+        if let Some(v) = self.max_connections {
+            c.max_connections = v
+        }
+        Ok(c)
+    }
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("signal received");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logs(args.log_json);
+            let config = args.into_config()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let server = Server::bind(config).await?;
+                // The first line on stdout is the bound address, for scripts and tests.
+                println!("listening on {}", server.local_addr());
+                server.run(shutdown_signal()).await?;
+                anyhow::Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,647 @@
+//! One room: its documents, its connections, and the automerge sync between them.
+//!
+//! # Durable acks
+//! Every batch of new changes a peer brings is handed out as an [`Output::Append`] with a
+//! room-wide sequence number. The store commits appends in submission order and reports
+//! each back through [`Room::persisted`]; once sequence `n` is durable, so is everything
+//! submitted before it. An ack (`tandem-ack {documentId, heads, requestId}`) is queued with
+//! the sequence number of the append that made its heads whole, and released only when that
+//! number is durable. Heads in an ack therefore mean: every change in their history is on
+//! disk. Only peers that announced the Tandem extension receive acks.
+//!
+//! # Fan-out
+//! Incoming frames only mark `(document, connection)` pairs dirty; [`Room::flush`] then
+//! generates at most one sync message per dirty pair. The tokio layer calls `flush` after
+//! draining whatever frames were waiting, so under load many changes share one round of
+//! sync-message generation instead of each change costing one per peer.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash};
+use tandem_core::wire::DocumentId;
+use tandem_core::wire::{
+    self, Ack, ChatMessage, ErrorCode, Message, PeerId, SyncMessage, TandemError,
+};
+
+use super::close_code;
+use crate::store::LoadedDoc;
+
+/// A connection, unique for the life of the server process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// Who is on the other end of a connection, from the handshake.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct PeerInfo {
+    /// automerge-repo peer id.
+    #[serde(serialize_with = "serialize_peer_id")]
+    pub peer_id: PeerId,
+    /// Claimed user name (from the Tandem extension metadata).
+    pub user: Option<String>,
+    /// Whether the peer speaks Tandem's extension messages.
+    pub tandem: bool,
+    /// automerge-repo storage id, if any.
+    pub storage_id: Option<String>,
+}
+
+fn serialize_peer_id<S: serde::Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+/// Where a room gets documents it does not hold in memory (the store, or a map in tests).
+pub trait DocSource {
+    /// Load a stored document of this room, `None` if it was never stored.
+    fn load(&mut self, room: &str, doc: &DocumentId) -> Option<LoadedDoc>;
+}
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct RoomLimits {
+    /// Compact when incremental bytes exceed both the snapshot size and this.
+    pub min_compact_bytes: usize,
+    /// Incoming sync messages with more changes than this are applied change by change.
+    pub chunked_apply_threshold: usize,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        Self {
+            min_compact_bytes: 1 << 20,
+            chunked_apply_threshold: 16,
+        }
+    }
+}
+
+/// What the I/O layer must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send a frame to a connection.
+    Send {
+        /// To whom.
+        conn: ConnId,
+        /// What.
+        message: Message,
+    },
+    /// Close a connection.
+    Close {
+        /// Which.
+        conn: ConnId,
+        /// WebSocket close code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+    /// Append incremental changes to the store; report back with [`Room::persisted`].
+    Append {
+        /// Document.
+        doc: DocumentId,
+        /// Concatenated raw changes.
+        data: Vec<u8>,
+        /// Sequence number to report.
+        seq: u64,
+    },
+    /// Replace the document's snapshot (compaction); report back with [`Room::persisted`].
+    Snapshot {
+        /// Document.
+        doc: DocumentId,
+        /// `Automerge::save` bytes.
+        data: Vec<u8>,
+        /// Sequence number to report.
+        seq: u64,
+    },
+    /// Store a chat line; report back with [`Room::chat_stored`].
+    Chat {
+        /// Author connection.
+        conn: ConnId,
+        /// Author.
+        user: Option<String>,
+        /// Text.
+        text: String,
+        /// Request id to echo.
+        request_id: Option<u64>,
+    },
+}
+
+struct ConnState {
+    info: PeerInfo,
+    docs: HashSet<DocumentId>,
+}
+
+struct DocState {
+    doc: Automerge,
+    syncs: HashMap<ConnId, sync::State>,
+    snapshot_bytes: usize,
+    incremental_bytes: usize,
+}
+
+struct PendingAck {
+    seq: u64,
+    conn: ConnId,
+    ack: Ack,
+}
+
+/// A room's documents and connections (sans I/O).
+pub struct Room {
+    name: String,
+    server_peer: PeerId,
+    limits: RoomLimits,
+    conns: HashMap<ConnId, ConnState>,
+    docs: HashMap<DocumentId, DocState>,
+    /// Documents a peer asked for that do not exist (yet): pushed to them if created.
+    waiting: HashMap<DocumentId, HashSet<ConnId>>,
+    dirty: BTreeSet<(DocumentId, ConnId)>,
+    next_seq: u64,
+    durable_seq: u64,
+    store_failed: bool,
+    pending_acks: VecDeque<PendingAck>,
+    out: Vec<Output>,
+}
+
+fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
+    heads.iter().map(|h| h.to_string()).collect()
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(name: impl Into<String>, server_peer: PeerId, limits: RoomLimits) -> Self {
+        Self {
+            name: name.into(),
+            server_peer,
+            limits,
+            conns: HashMap::new(),
+            docs: HashMap::new(),
+            waiting: HashMap::new(),
+            dirty: BTreeSet::new(),
+            next_seq: 1,
+            durable_seq: 0,
+            store_failed: false,
+            pending_acks: VecDeque::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// The room's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connections, with who they are.
+    pub fn peers(&self) -> impl Iterator<Item = (ConnId, &PeerInfo)> {
+        self.conns.iter().map(|(c, s)| (*c, &s.info))
+    }
+
+    /// Number of connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Documents held in memory.
+    pub fn loaded_documents(&self) -> impl Iterator<Item = &DocumentId> {
+        self.docs.keys()
+    }
+
+    /// The in-memory document, if loaded.
+    pub fn document(&self, doc: &DocumentId) -> Option<&Automerge> {
+        self.docs.get(doc).map(|d| &d.doc)
+    }
+
+    /// Whether every queued write has been reported durable.
+    pub fn is_durable(&self) -> bool {
+        self.durable_seq + 1 >= self.next_seq
+    }
+
+    /// Take the outputs produced so far.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// A connection finished its handshake.
+    pub fn connect(&mut self, conn: ConnId, info: PeerInfo) {
+        self.conns.insert(
+            conn,
+            ConnState {
+                info,
+                docs: HashSet::new(),
+            },
+        );
+    }
+
+    /// A connection is gone.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        if let Some(state) = self.conns.remove(&conn) {
+            for d in state.docs {
+                if let Some(ds) = self.docs.get_mut(&d) {
+                    ds.syncs.remove(&conn);
+                }
+                self.dirty.remove(&(d, conn));
+            }
+        }
+        for w in self.waiting.values_mut() {
+            w.remove(&conn);
+        }
+        self.waiting.retain(|_, w| !w.is_empty());
+        self.pending_acks.retain(|p| p.conn != conn);
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.out.push(Output::Send { conn, message });
+    }
+
+    fn peer_id(&self, conn: ConnId) -> Option<PeerId> {
+        self.conns.get(&conn).map(|c| c.info.peer_id.clone())
+    }
+
+    fn is_tandem(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.info.tandem)
+    }
+
+    /// Tell a peer something failed: a `tandem-error` for extension peers (connection stays),
+    /// a protocol `error` plus close for stock peers (they have no other way to hear it).
+    fn fail(
+        &mut self,
+        conn: ConnId,
+        code: ErrorCode,
+        message: String,
+        doc: Option<DocumentId>,
+        request_id: Option<u64>,
+    ) {
+        tracing::info!(room = %self.name, %conn, code = code.as_str(), %message, "refusing a message");
+        if self.is_tandem(conn) {
+            self.send(
+                conn,
+                Message::TandemError(TandemError {
+                    code,
+                    message,
+                    document_id: doc,
+                    request_id,
+                }),
+            );
+        } else {
+            self.send(
+                conn,
+                Message::Error {
+                    message: format!("{}: {message}", code.as_str()),
+                },
+            );
+            self.out.push(Output::Close {
+                conn,
+                code: close_code::INVALID_PAYLOAD,
+                reason: code.as_str().into(),
+            });
+        }
+    }
+
+    /// Handle one frame from a connection that finished its handshake.
+    pub fn receive_frame(&mut self, conn: ConnId, frame: &[u8], source: &mut dyn DocSource) {
+        if !self.conns.contains_key(&conn) {
+            return;
+        }
+        match wire::decode(frame) {
+            Ok(m) => self.receive(conn, m, source),
+            Err(e) => self.fail(conn, ErrorCode::BadMessage, e.to_string(), None, None),
+        }
+    }
+
+    /// Handle one decoded message.
+    pub fn receive(&mut self, conn: ConnId, message: Message, source: &mut dyn DocSource) {
+        match message {
+            Message::Request(m) => self.receive_sync(conn, m, true, source),
+            Message::Sync(m) => self.receive_sync(conn, m, false, source),
+            Message::Ephemeral(mut e) => {
+                let Some(ds) = self.docs.get(&e.document_id) else {
+                    return;
+                };
+                let targets: Vec<ConnId> =
+                    ds.syncs.keys().copied().filter(|c| *c != conn).collect();
+                for t in targets {
+                    if let Some(peer) = self.peer_id(t) {
+                        e.target_id = peer;
+                        self.send(t, Message::Ephemeral(e.clone()));
+                    }
+                }
+            }
+            Message::Leave { .. } => {
+                self.out.push(Output::Close {
+                    conn,
+                    code: close_code::NORMAL,
+                    reason: "leave".into(),
+                });
+            }
+            Message::DocUnavailable { .. }
+            | Message::RemoteSubscriptionChange { .. }
+            | Message::RemoteHeadsChanged(_)
+            | Message::TandemAck(_) => {
+                // The server has all of the room's documents and gossips no heads: nothing to do.
+            }
+            Message::Error { message } => {
+                tracing::info!(room = %self.name, %conn, %message, "peer reported an error");
+            }
+            Message::TandemChat(c) => {
+                if !self.is_tandem(conn) {
+                    return;
+                }
+                let user = self.conns.get(&conn).and_then(|s| s.info.user.clone());
+                self.out.push(Output::Chat {
+                    conn,
+                    user,
+                    text: c.text,
+                    request_id: c.request_id,
+                });
+            }
+            Message::Join(_) | Message::Peer(_) | Message::TandemError(_) => {
+                self.fail(
+                    conn,
+                    ErrorCode::BadMessage,
+                    "handshake message after the handshake".into(),
+                    None,
+                    None,
+                );
+            }
+            _ => {
+                self.fail(
+                    conn,
+                    ErrorCode::BadMessage,
+                    "unsupported message".into(),
+                    None,
+                    None,
+                );
+            }
+        }
+    }
+
+    fn ensure_loaded(&mut self, doc: &DocumentId, source: &mut dyn DocSource) -> bool {
+        if self.docs.contains_key(doc) {
+            return true;
+        }
+        match source.load(&self.name, doc) {
+            Some(l) => {
+                if l.skipped_records > 0 {
+                    tracing::warn!(room = %self.name, doc = %doc, skipped = l.skipped_records, "document loaded with corrupt records skipped");
+                }
+                self.docs.insert(
+                    doc.clone(),
+                    DocState {
+                        doc: l.doc,
+                        syncs: HashMap::new(),
+                        snapshot_bytes: l.snapshot_bytes,
+                        incremental_bytes: l.incremental_bytes,
+                    },
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn receive_sync(
+        &mut self,
+        conn: ConnId,
+        m: SyncMessage,
+        is_request: bool,
+        source: &mut dyn DocSource,
+    ) {
+        let doc_id = m.document_id.clone();
+        let request_id = m.request_id;
+        let msg = match sync::Message::decode(&m.data) {
+            Ok(msg) => msg,
+            Err(e) => {
+                return self.fail(
+                    conn,
+                    ErrorCode::BadMessage,
+                    format!("undecodable sync message: {e}"),
+                    Some(doc_id),
+                    request_id,
+                );
+            }
+        };
+        if !self.ensure_loaded(&doc_id, source) {
+            if is_request && msg.changes.is_empty() {
+                // Nobody has it: say so, and remember the asker in case it gets created.
+                self.waiting.entry(doc_id.clone()).or_default().insert(conn);
+                let Some(peer) = self.peer_id(conn) else {
+                    return;
+                };
+                self.send(
+                    conn,
+                    Message::DocUnavailable {
+                        sender_id: self.server_peer.clone(),
+                        target_id: peer,
+                        document_id: doc_id.clone(),
+                    },
+                );
+                if request_id.is_some() && self.is_tandem(conn) {
+                    self.send(
+                        conn,
+                        Message::TandemError(TandemError {
+                            code: ErrorCode::UnknownDoc,
+                            message: "no such document in this room".into(),
+                            document_id: Some(doc_id),
+                            request_id,
+                        }),
+                    );
+                }
+                return;
+            }
+            self.docs.insert(
+                doc_id.clone(),
+                DocState {
+                    doc: Automerge::new(),
+                    syncs: HashMap::new(),
+                    snapshot_bytes: 0,
+                    incremental_bytes: 0,
+                },
+            );
+        }
+        // Subscribe the sender (and anyone who asked for this document before it existed).
+        let mut newcomers = vec![conn];
+        if let Some(w) = self.waiting.remove(&doc_id) {
+            newcomers.extend(w.into_iter().filter(|c| *c != conn));
+        }
+        for c in &newcomers {
+            if let Some(cs) = self.conns.get_mut(c) {
+                cs.docs.insert(doc_id.clone());
+            }
+        }
+        let Some(ds) = self.docs.get_mut(&doc_id) else {
+            return;
+        };
+        for c in &newcomers {
+            ds.syncs.entry(*c).or_default();
+        }
+        let before = ds.doc.get_heads();
+        let state = ds.syncs.entry(conn).or_default();
+        let result = if msg.changes.len() > self.limits.chunked_apply_threshold {
+            // Many changes in one apply are slow in automerge; feed them one by one first,
+            // then let the sync protocol see the (now already applied) message.
+            let mut r = Ok(());
+            for chunk in msg.changes.iter() {
+                if let Err(e) = ds.doc.load_incremental(chunk) {
+                    r = Err(e);
+                    break;
+                }
+            }
+            r.and_then(|_| ds.doc.receive_sync_message(state, msg))
+        } else {
+            ds.doc.receive_sync_message(state, msg)
+        };
+        if let Err(e) = result {
+            return self.fail(
+                conn,
+                ErrorCode::BadMessage,
+                format!("sync message rejected: {e}"),
+                Some(doc_id),
+                request_id,
+            );
+        }
+        let after = ds.doc.get_heads();
+        let changed = after != before;
+        if changed {
+            let data = ds.doc.save_after(&before);
+            ds.incremental_bytes += data.len();
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.out.push(Output::Append {
+                doc: doc_id.clone(),
+                data,
+                seq,
+            });
+            let others: Vec<ConnId> = ds.syncs.keys().copied().filter(|c| *c != conn).collect();
+            for c in others {
+                self.dirty.insert((doc_id.clone(), c));
+            }
+            if ds.incremental_bytes > ds.snapshot_bytes.max(self.limits.min_compact_bytes) {
+                let data = ds.doc.save();
+                tracing::debug!(room = %self.name, doc = %doc_id, snapshot = data.len(), incremental = ds.incremental_bytes, "compacting");
+                ds.snapshot_bytes = data.len();
+                ds.incremental_bytes = 0;
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                self.out.push(Output::Snapshot {
+                    doc: doc_id.clone(),
+                    data,
+                    seq,
+                });
+            }
+        }
+        for c in newcomers {
+            self.dirty.insert((doc_id.clone(), c));
+        }
+        if self.is_tandem(conn) && (changed || request_id.is_some()) {
+            let seq = self.next_seq - 1;
+            self.pending_acks.push_back(PendingAck {
+                seq,
+                conn,
+                ack: Ack {
+                    document_id: doc_id,
+                    heads: hex_heads(&after),
+                    request_id,
+                },
+            });
+            self.release_acks();
+        }
+    }
+
+    /// Generate the sync messages owed to every dirty (document, connection) pair.
+    pub fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for (doc_id, conn) in dirty {
+            let Some(peer) = self.peer_id(conn) else {
+                continue;
+            };
+            let Some(ds) = self.docs.get_mut(&doc_id) else {
+                continue;
+            };
+            let Some(state) = ds.syncs.get_mut(&conn) else {
+                continue;
+            };
+            if let Some(msg) = ds.doc.generate_sync_message(state) {
+                self.out.push(Output::Send {
+                    conn,
+                    message: Message::Sync(SyncMessage {
+                        sender_id: self.server_peer.clone(),
+                        target_id: peer,
+                        document_id: doc_id,
+                        data: msg.encode(),
+                        request_id: None,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// The store committed the write with sequence number `seq` (and everything before it).
+    pub fn persisted(&mut self, seq: u64, ok: bool) {
+        if !ok {
+            if !self.store_failed {
+                tracing::error!(room = %self.name, seq, "a store write failed: no further acks for this room");
+            }
+            self.store_failed = true;
+            return;
+        }
+        self.durable_seq = self.durable_seq.max(seq);
+        self.release_acks();
+    }
+
+    fn release_acks(&mut self) {
+        if self.store_failed {
+            return;
+        }
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|p| p.seq <= self.durable_seq)
+        {
+            let Some(p) = self.pending_acks.pop_front() else {
+                break;
+            };
+            self.send(p.conn, Message::TandemAck(p.ack));
+        }
+    }
+
+    /// A chat line was stored with `id`: relay it to every extension peer.
+    pub fn chat_stored(
+        &mut self,
+        id: u64,
+        author: ConnId,
+        user: Option<String>,
+        text: String,
+        timestamp: u64,
+        request_id: Option<u64>,
+    ) {
+        let targets: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, s)| s.info.tandem)
+            .map(|(c, _)| *c)
+            .collect();
+        for t in targets {
+            self.send(
+                t,
+                Message::TandemChat(ChatMessage {
+                    id: Some(id),
+                    user: user.clone(),
+                    text: text.clone(),
+                    timestamp: Some(timestamp),
+                    request_id: if t == author { request_id } else { None },
+                }),
+            );
+        }
+    }
+
+    /// Drop documents no connection uses (after their writes are durable) to free memory.
+    pub fn unload_idle_documents(&mut self) -> usize {
+        if !self.is_durable() {
+            return 0;
+        }
+        let before = self.docs.len();
+        self.docs.retain(|_, d| !d.syncs.is_empty());
+        before - self.docs.len()
+    }
+}

@@ -1,0 +1,222 @@
+//! One WebSocket connection: handshake with a deadline, then a single task that reads
+//! frames into the room, writes the room's frames out, pings, and enforces limits.
+//!
+//! One task rather than a reader/writer pair: `next()` on the socket is cancel-safe, so a
+//! `select!` over "frame in", "frame out", "close requested", "ping tick" and "shutdown" is
+//! enough, and there is no second task to leak. Writes carry a deadline so a peer that
+//! stops reading cannot hold the task forever; the bounded queue in front of it is what
+//! protects the room.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tracing::Instrument;
+
+use super::room_task::{ConnOut, RoomCmd};
+use super::{Shared, next_conn_id};
+use crate::protocol::close_code;
+use crate::protocol::handshake::accept_join;
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.to_owned().into(),
+    };
+    let _ = timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    // Give the peer a moment to answer the close so it sees a clean closure.
+    let _ = timeout(Duration::from_millis(500), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// Serve a connection whose HTTP upgrade has been answered.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    room: String,
+    addr: SocketAddr,
+) {
+    let conn = next_conn_id(&shared);
+    let span =
+        tracing::info_span!("conn", %conn, room = %room, user = tracing::field::Empty, %addr);
+    let metrics = shared.metrics.clone();
+    metrics.connections_total.fetch_add(1, Relaxed);
+    metrics.connections_open.fetch_add(1, Relaxed);
+    serve_inner(shared, stream, leftover, room, conn)
+        .instrument(span)
+        .await;
+    metrics.connections_open.fetch_sub(1, Relaxed);
+}
+
+async fn serve_inner(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    room_name: String,
+    conn: crate::protocol::ConnId,
+) {
+    let cfg = shared.config.clone();
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(cfg.max_message_bytes))
+        .max_frame_size(Some(cfg.max_message_bytes));
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
+
+    // Handshake: the first binary frame must be a valid join, before the deadline.
+    let first = timeout(cfg.handshake_timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Binary(b))) => return Ok(b),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(WsMessage::Text(_))) => {
+                    return Err((close_code::INVALID_PAYLOAD, "expected a binary join frame"));
+                }
+                Some(Err(WsError::Capacity(_))) => {
+                    return Err((close_code::TOO_BIG, "message too big"));
+                }
+                _ => return Err((close_code::NORMAL, "")),
+            }
+        }
+    })
+    .await;
+    let first = match first {
+        Ok(Ok(b)) => b,
+        Ok(Err((code, reason))) => {
+            shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+            return close_with(&mut ws, code, reason).await;
+        }
+        Err(_) => {
+            shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+            tracing::info!("handshake deadline passed");
+            return close_with(&mut ws, close_code::POLICY, "handshake deadline").await;
+        }
+    };
+    shared.metrics.frame_in(first.len());
+    let (answer, info) = match accept_join(&first, &shared.identity, &room_name) {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+            tracing::info!(reason = %refusal.reason, "handshake refused");
+            if let Some(m) = refusal.message {
+                let _ = timeout(
+                    Duration::from_secs(2),
+                    ws.send(WsMessage::Binary(m.encode().into())),
+                )
+                .await;
+            }
+            return close_with(&mut ws, refusal.code, refusal.error.as_str()).await;
+        }
+    };
+    if let Some(u) = &info.user {
+        tracing::Span::current().record("user", u.as_str());
+    }
+    let answer = answer.encode();
+    shared.metrics.frame_out(answer.len());
+    if timeout(
+        cfg.handshake_timeout,
+        ws.send(WsMessage::Binary(answer.into())),
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+
+    let room = shared.room(&room_name);
+    let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(cfg.outbound_queue.max(1));
+    let (close_tx, mut close_rx) = mpsc::channel::<(u16, String)>(1);
+    let out = ConnOut {
+        frames: frames_tx,
+        close: close_tx,
+    };
+    if room
+        .tx
+        .send(RoomCmd::Connect { conn, info, out })
+        .await
+        .is_err()
+    {
+        return close_with(&mut ws, close_code::GOING_AWAY, "room closed").await;
+    }
+
+    let mut shutdown = shared.shutdown.clone();
+    let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+    let mut last_heard = Instant::now();
+    let write_deadline = cfg.idle_timeout;
+    let metrics = shared.metrics.clone();
+    let (code, reason): (u16, String) = loop {
+        tokio::select! {
+            incoming = ws.next() => match incoming {
+                Some(Ok(WsMessage::Binary(b))) => {
+                    last_heard = Instant::now();
+                    metrics.frame_in(b.len());
+                    if room.tx.send(RoomCmd::Frame { conn, bytes: b.into() }).await.is_err() {
+                        break (close_code::GOING_AWAY, "room closed".into());
+                    }
+                }
+                Some(Ok(WsMessage::Text(_))) => {
+                    metrics.connections_rejected.fetch_add(1, Relaxed);
+                    break (close_code::INVALID_PAYLOAD, "text frames are not part of the protocol".into());
+                }
+                Some(Ok(WsMessage::Close(_))) | None => break (0, String::new()),
+                Some(Ok(_)) => last_heard = Instant::now(), // ping / pong
+                Some(Err(WsError::Capacity(e))) => {
+                    metrics.connections_rejected.fetch_add(1, Relaxed);
+                    tracing::info!(error = %e, "message over the size limit");
+                    break (close_code::TOO_BIG, "message too big".into());
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket error");
+                    break (0, String::new());
+                }
+            },
+            Some(bytes) = frames.recv() => {
+                metrics.frame_out(bytes.len());
+                match timeout(write_deadline, ws.send(WsMessage::Binary(bytes.into()))).await {
+                    Ok(Ok(())) => {}
+                    _ => break (0, String::new()),
+                }
+            }
+            Some((code, reason)) = close_rx.recv() => {
+                // Deliver what the room queued before asking to close (e.g. an error frame).
+                while let Ok(bytes) = frames.try_recv() {
+                    if timeout(Duration::from_secs(1), ws.feed(WsMessage::Binary(bytes.into()))).await.is_err() {
+                        break;
+                    }
+                }
+                if code != close_code::NORMAL {
+                    metrics.connections_rejected.fetch_add(1, Relaxed);
+                }
+                break (code, reason);
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > cfg.idle_timeout {
+                    metrics.connections_rejected.fetch_add(1, Relaxed);
+                    tracing::info!("no pong or frame within the idle timeout");
+                    break (close_code::POLICY, "missed pongs".into());
+                }
+                if timeout(write_deadline, ws.send(WsMessage::Ping(Vec::new().into()))).await.is_err() {
+                    break (0, String::new());
+                }
+            }
+            _ = shutdown.changed() => break (close_code::GOING_AWAY, "server shutting down".into()),
+        }
+    };
+    let _ = room.tx.send(RoomCmd::Disconnect { conn }).await;
+    if code != 0 {
+        close_with(&mut ws, code, &reason).await;
+    }
+}

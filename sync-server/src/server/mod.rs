@@ -1,0 +1,194 @@
+//! The tokio layer: accepts TCP, routes HTTP, runs WebSocket connections and room actors.
+//! It moves bytes and timers only; every protocol decision is made in [`crate::protocol`].
+
+mod api;
+mod conn;
+mod http;
+mod room_task;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_core::wire::PeerId;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::handshake::ServerIdentity;
+use crate::store::{Store, StoreError};
+
+pub(crate) use room_task::RoomHandle;
+
+/// Server errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Binding the listen address failed.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Opening the store failed.
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// State shared by every task.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) identity: ServerIdentity,
+    pub(crate) rooms: Mutex<HashMap<String, RoomHandle>>,
+    pub(crate) next_conn: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The room's actor, started on first use.
+    pub(crate) fn room(self: &Arc<Self>, name: &str) -> RoomHandle {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .entry(name.to_owned())
+            .or_insert_with(|| room_task::spawn(self.clone(), name.to_owned()))
+            .clone()
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    /// Open the store and bind the listen address.
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::default());
+        let dir = config.data.clone();
+        let m = metrics.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir, m))
+            .await
+            .map_err(|e| StoreError::Commit(format!("store open task failed: {e}")))??;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let identity = ServerIdentity {
+            peer_id: PeerId(format!("tandem-server-{}", store.storage_id())),
+            storage_id: store.storage_id().to_owned(),
+        };
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                config,
+                store,
+                metrics,
+                identity,
+                rooms: Mutex::new(HashMap::new()),
+                next_conn: AtomicU64::new(1),
+                shutdown,
+            }),
+            shutdown_tx,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.shared.config.listen)
+    }
+
+    /// Serve until `shutdown` resolves, then close every connection with a close frame
+    /// (1001), stop the rooms and commit everything queued in the store.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServerError> {
+        let Server {
+            listener,
+            shared,
+            shutdown_tx,
+        } = self;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), store = %shared.store.path().display(), "tandem server listening");
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    conns.spawn(async move { http::handle_tcp(shared, stream, peer).await });
+                }
+                Some(done) = conns.join_next(), if !conns.is_empty() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            tracing::error!("a connection task panicked; other connections are unaffected");
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: closing connections");
+        drop(listener);
+        let _ = shutdown_tx.send(true);
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not close in 5 s; aborting them");
+            conns.abort_all();
+        }
+        let rooms: Vec<RoomHandle> = shared
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in rooms {
+            r.stop().await;
+        }
+        let store = shared.store.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            let r = store.flush();
+            store.close();
+            r
+        })
+        .await;
+        match flushed {
+            Ok(Ok(())) => tracing::info!("store flushed; bye"),
+            Ok(Err(e)) => tracing::error!(error = %e, "store flush failed on shutdown"),
+            Err(e) => tracing::error!(error = %e, "store flush task failed"),
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn next_conn_id(shared: &Shared) -> crate::protocol::ConnId {
+    crate::protocol::ConnId(shared.next_conn.fetch_add(1, Relaxed))
+}

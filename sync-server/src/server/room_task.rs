@@ -1,0 +1,406 @@
+//! A room's actor: owns a [`Room`] and carries its outputs out (frames to connection
+//! queues, writes to the store). One task per room, so rooms never contend with each other
+//! and a room's documents are touched by one thread at a time.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+
+use tandem_core::wire::DocumentId;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use crate::protocol::{ConnId, DocSource, Output, PeerInfo, Room, RoomLimits, close_code};
+use crate::store::{Job, LoadedDoc, Store};
+
+/// How a room reaches one connection.
+#[derive(Clone)]
+pub(crate) struct ConnOut {
+    /// Frames, bounded: a full queue means a slow reader, which is dropped.
+    pub(crate) frames: mpsc::Sender<Vec<u8>>,
+    /// Close requests (capacity 1: one is enough).
+    pub(crate) close: mpsc::Sender<(u16, String)>,
+}
+
+pub(crate) enum RoomCmd {
+    Connect {
+        conn: ConnId,
+        info: PeerInfo,
+        out: ConnOut,
+    },
+    Frame {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    Stop {
+        done: oneshot::Sender<()>,
+    },
+}
+
+enum Internal {
+    Persisted {
+        seq: u64,
+        ok: bool,
+    },
+    ChatStored {
+        id: u64,
+        conn: ConnId,
+        user: Option<String>,
+        text: String,
+        timestamp: u64,
+        request_id: Option<u64>,
+    },
+}
+
+/// What the HTTP API shows about a live room.
+#[derive(Default, Clone, serde::Serialize)]
+pub(crate) struct RoomSummary {
+    pub(crate) peers: Vec<(u64, PeerInfo)>,
+    pub(crate) loaded_documents: Vec<String>,
+}
+
+#[derive(Clone)]
+pub(crate) struct RoomHandle {
+    pub(crate) tx: mpsc::Sender<RoomCmd>,
+    pub(crate) summary: Arc<Mutex<RoomSummary>>,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl RoomHandle {
+    pub(crate) async fn stop(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(RoomCmd::Stop { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+struct StoreSource<'a>(&'a Store);
+
+impl DocSource for StoreSource<'_> {
+    fn load(&mut self, room: &str, doc: &DocumentId) -> Option<LoadedDoc> {
+        let load = || self.0.load_doc(room, doc.as_str());
+        let r = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(load),
+            _ => load(),
+        };
+        match r {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(room, doc = %doc, error = %e, "loading a document failed");
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, name: String) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    let summary = Arc::new(Mutex::new(RoomSummary::default()));
+    let task = tokio::spawn(run(shared, name, rx, summary.clone()));
+    RoomHandle {
+        tx,
+        summary,
+        task: Arc::new(Mutex::new(Some(task))),
+    }
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    room: Room,
+    conns: HashMap<ConnId, ConnOut>,
+    internal: mpsc::UnboundedSender<Internal>,
+    summary: Arc<Mutex<RoomSummary>>,
+    peers_changed: bool,
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    name: String,
+    mut rx: mpsc::Receiver<RoomCmd>,
+    summary: Arc<Mutex<RoomSummary>>,
+) {
+    let span = tracing::info_span!("room", room = %name);
+    shared.metrics.rooms_open.fetch_add(1, Relaxed);
+    let limits = RoomLimits {
+        min_compact_bytes: shared.config.min_compact_bytes,
+        ..RoomLimits::default()
+    };
+    let (internal, mut internal_rx) = mpsc::unbounded_channel();
+    let mut actor = Actor {
+        room: Room::new(name, shared.identity.peer_id.clone(), limits),
+        shared: shared.clone(),
+        conns: HashMap::new(),
+        internal,
+        summary,
+        peers_changed: false,
+    };
+    let mut stop: Option<oneshot::Sender<()>> = None;
+    loop {
+        tokio::select! {
+            biased;
+            Some(ev) = internal_rx.recv() => actor.internal(ev),
+            cmd = rx.recv() => match cmd {
+                Some(RoomCmd::Stop { done }) => { stop = Some(done); }
+                Some(cmd) => span.in_scope(|| actor.command(cmd)),
+                None => break,
+            },
+        }
+        // Take whatever else is already waiting before generating sync messages, so a burst
+        // of changes costs one round of fan-out.
+        for _ in 0..512 {
+            if stop.is_some() {
+                break;
+            }
+            if let Ok(ev) = internal_rx.try_recv() {
+                actor.internal(ev);
+                continue;
+            }
+            match rx.try_recv() {
+                Ok(RoomCmd::Stop { done }) => stop = Some(done),
+                Ok(cmd) => span.in_scope(|| actor.command(cmd)),
+                Err(_) => break,
+            }
+        }
+        span.in_scope(|| actor.flush());
+        if let Some(done) = stop.take() {
+            let _ = done.send(());
+            break;
+        }
+    }
+    let docs = actor.room.loaded_documents().count() as u64;
+    shared.metrics.documents_loaded.fetch_sub(
+        docs.min(shared.metrics.documents_loaded.load(Relaxed)),
+        Relaxed,
+    );
+    shared.metrics.rooms_open.fetch_sub(1, Relaxed);
+}
+
+impl Actor {
+    fn command(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Connect { conn, info, out } => {
+                tracing::info!(%conn, peer = %info.peer_id, user = info.user.as_deref().unwrap_or(""), tandem = info.tandem, "peer joined");
+                let tandem = info.tandem;
+                self.room.connect(conn, info);
+                self.conns.insert(conn, out);
+                self.peers_changed = true;
+                if tandem {
+                    self.replay_chat(conn);
+                }
+            }
+            RoomCmd::Frame { conn, bytes } => {
+                let docs_before = self.room.loaded_documents().count();
+                let store = self.shared.store.clone();
+                let room = &mut self.room;
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    room.receive_frame(conn, &bytes, &mut StoreSource(&store));
+                }));
+                if r.is_err() {
+                    tracing::error!(%conn, "panic while handling a frame; closing that connection");
+                    self.close(conn, close_code::INTERNAL, "internal error".into());
+                }
+                let docs_after = self.room.loaded_documents().count();
+                if docs_after != docs_before {
+                    self.peers_changed = true;
+                    let m = &self.shared.metrics.documents_loaded;
+                    if docs_after > docs_before {
+                        m.fetch_add((docs_after - docs_before) as u64, Relaxed);
+                    }
+                }
+            }
+            RoomCmd::Disconnect { conn } => {
+                if self.conns.remove(&conn).is_some() {
+                    tracing::info!(%conn, "peer left");
+                }
+                self.room.disconnect(conn);
+                self.peers_changed = true;
+                if self.room.connection_count() == 0 {
+                    let n = self.room.unload_idle_documents() as u64;
+                    let m = &self.shared.metrics.documents_loaded;
+                    m.fetch_sub(n.min(m.load(Relaxed)), Relaxed);
+                }
+            }
+            RoomCmd::Stop { .. } => {}
+        }
+    }
+
+    fn replay_chat(&mut self, conn: ConnId) {
+        let limit = self.shared.config.chat_history;
+        if limit == 0 {
+            return;
+        }
+        match self.shared.store.recent_chat(self.room.name(), limit) {
+            Ok(rows) => {
+                for r in rows {
+                    let msg =
+                        tandem_core::wire::Message::TandemChat(tandem_core::wire::ChatMessage {
+                            id: Some(r.id),
+                            user: r.user,
+                            text: r.text,
+                            timestamp: Some(r.timestamp),
+                            request_id: None,
+                        });
+                    self.send(conn, msg.encode());
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading chat history failed"),
+        }
+    }
+
+    fn internal(&mut self, ev: Internal) {
+        match ev {
+            Internal::Persisted { seq, ok } => self.room.persisted(seq, ok),
+            Internal::ChatStored {
+                id,
+                conn,
+                user,
+                text,
+                timestamp,
+                request_id,
+            } => self
+                .room
+                .chat_stored(id, conn, user, text, timestamp, request_id),
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, code: u16, reason: String) {
+        if let Some(out) = self.conns.remove(&conn) {
+            let _ = out.close.try_send((code, reason));
+        }
+        self.room.disconnect(conn);
+        self.peers_changed = true;
+    }
+
+    fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        let Some(out) = self.conns.get(&conn) else {
+            return;
+        };
+        match out.frames.try_send(bytes) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(%conn, "outbound queue full: dropping a slow reader");
+                self.shared
+                    .metrics
+                    .slow_consumers_dropped
+                    .fetch_add(1, Relaxed);
+                self.close(conn, close_code::TRY_AGAIN_LATER, "slow reader".into());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.conns.remove(&conn);
+                self.room.disconnect(conn);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        self.room.flush();
+        // Executing outputs can produce more (closing a slow reader); loop until quiet.
+        loop {
+            let outputs = self.room.take_outputs();
+            if outputs.is_empty() {
+                break;
+            }
+            for o in outputs {
+                self.execute(o);
+            }
+        }
+        if self.peers_changed {
+            self.peers_changed = false;
+            let mut s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+            s.peers = self.room.peers().map(|(c, i)| (c.0, i.clone())).collect();
+            s.loaded_documents = self
+                .room
+                .loaded_documents()
+                .map(|d| d.to_string())
+                .collect();
+        }
+    }
+
+    fn execute(&mut self, o: Output) {
+        let room = self.room.name().to_owned();
+        match o {
+            Output::Send { conn, message } => {
+                if matches!(message, tandem_core::wire::Message::TandemAck(_)) {
+                    self.shared.metrics.acks_sent.fetch_add(1, Relaxed);
+                }
+                self.send(conn, message.encode())
+            }
+            Output::Close { conn, code, reason } => self.close(conn, code, reason),
+            Output::Append { doc, data, seq } => {
+                let tx = self.internal.clone();
+                let job = Job::Append {
+                    room,
+                    doc: doc.to_string(),
+                    data,
+                    done: Box::new(move |r| {
+                        drop(tx.send(Internal::Persisted { seq, ok: r.is_ok() }))
+                    }),
+                };
+                self.submit(job, seq);
+            }
+            Output::Snapshot { doc, data, seq } => {
+                let tx = self.internal.clone();
+                let job = Job::Snapshot {
+                    room,
+                    doc: doc.to_string(),
+                    data,
+                    done: Box::new(move |r| {
+                        drop(tx.send(Internal::Persisted { seq, ok: r.is_ok() }))
+                    }),
+                };
+                self.submit(job, seq);
+            }
+            Output::Chat {
+                conn,
+                user,
+                text,
+                request_id,
+            } => {
+                let tx = self.internal.clone();
+                let timestamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let (u, t) = (user.clone(), text.clone());
+                let job = Job::Chat {
+                    room,
+                    user,
+                    text,
+                    timestamp,
+                    done: Box::new(move |r| {
+                        if let Ok(id) = r {
+                            let _ = tx.send(Internal::ChatStored {
+                                id,
+                                conn,
+                                user: u,
+                                text: t,
+                                timestamp,
+                                request_id,
+                            });
+                        }
+                    }),
+                };
+                if let Err(e) = self.shared.store.submit(job) {
+                    tracing::error!(error = %e, "store unavailable for chat");
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, job: Job, seq: u64) {
+        if let Err(e) = self.shared.store.submit(job) {
+            tracing::error!(error = %e, "store unavailable");
+            self.room.persisted(seq, false);
+        }
+    }
+}
