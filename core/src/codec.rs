@@ -346,7 +346,7 @@ pub(crate) fn hydrate_node(n: &Node) -> hydrate::Value {
 
 fn scalar_matches(cur: &ScalarValue, want: &ScalarValue) -> bool {
     match (cur, want) {
-        (ScalarValue::F64(a), ScalarValue::F64(b)) => a.to_bits() == b.to_bits(),
+        (ScalarValue::F64(a), ScalarValue::F64(b)) => crate::value::bits_eq(*a, *b),
         _ => cur == want,
     }
 }
