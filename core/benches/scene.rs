@@ -16,7 +16,11 @@ const SAMPLES: usize = 1000;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -28,7 +32,11 @@ fn node(id: NodeId, i: usize, parent: Option<NodeId>) -> Node {
             0 => Value::Float(i as f64 + p as f64 / 10.0),
             1 => Value::Int((i * p) as i64),
             2 => Value::String(format!("s{i}_{p}")),
-            _ => Value::Vector(vec![Scalar::Float(0.0), Scalar::Float(1.0), Scalar::Float(p as f64)]),
+            _ => Value::Vector(vec![
+                Scalar::Float(0.0),
+                Scalar::Float(1.0),
+                Scalar::Float(p as f64),
+            ]),
         };
         n.parms.insert(format!("parm{p:02}"), v);
     }
@@ -67,7 +75,11 @@ fn main() {
         .into_iter()
         .chain(std::iter::empty())
         .collect();
-    let sizes = if sizes.is_empty() { vec![10_000, 100_000] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![10_000, 100_000]
+    } else {
+        sizes
+    };
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
     let mut row = |name: &str, col: usize, v: String| {
         if let Some(r) = rows.iter_mut().find(|r| r.0 == name) {
@@ -91,7 +103,11 @@ fn main() {
         let diff_time = t.elapsed();
         a.commit(Some("import")).unwrap();
         let import = t.elapsed();
-        row("import (diff + commit)", col, format!("{} (diff {})", ms(import), ms(diff_time)));
+        row(
+            "import (diff + commit)",
+            col,
+            format!("{} (diff {})", ms(import), ms(diff_time)),
+        );
 
         let t = Instant::now();
         let report = a.diff_full(&nodes, 2).unwrap();
@@ -100,14 +116,27 @@ fn main() {
 
         let t = Instant::now();
         let bytes = a.save().unwrap();
-        row("save", col, format!("{} ({:.2} MB, {:.1} B/parm)", ms(t.elapsed()), bytes.len() as f64 / 1e6, bytes.len() as f64 / parms));
+        row(
+            "save",
+            col,
+            format!(
+                "{} ({:.2} MB, {:.1} B/parm)",
+                ms(t.elapsed()),
+                bytes.len() as f64 / 1e6,
+                bytes.len() as f64 / parms
+            ),
+        );
 
         let rss0 = rss_bytes();
         let t = Instant::now();
         let mut b = SceneDoc::load(&bytes, UserId::new("peer").unwrap()).unwrap();
         row("load (document + scene mirror)", col, ms(t.elapsed()));
         let rss1 = rss_bytes();
-        row("memory after load", col, format!("{:.0} B/parm", rss1.saturating_sub(rss0) as f64 / parms));
+        row(
+            "memory after load",
+            col,
+            format!("{:.0} B/parm", rss1.saturating_sub(rss0) as f64 / parms),
+        );
         let t = Instant::now();
         let mut bare = Automerge::load(&bytes).unwrap();
         row("baseline: bare Automerge::load", col, ms(t.elapsed()));
@@ -119,7 +148,9 @@ fn main() {
         let mut sizes_b = 0usize;
         for i in 0..SAMPLES {
             let mut edited = nodes[(i * 7919) % n].clone();
-            edited.parms.insert("parm00".into(), Value::Float(-(i as f64)));
+            edited
+                .parms
+                .insert("parm00".into(), Value::Float(-(i as f64) - 0.5));
             let t = Instant::now();
             a.diff_nodes(&[edited], &[], 10 + i as i64).unwrap();
             a.commit(None).unwrap();
@@ -139,9 +170,25 @@ fn main() {
         for v in [&mut commit, &mut apply, &mut apply_bare] {
             v.sort();
         }
-        row("one-parm diff + commit p50 / p99", col, format!("{} / {}", ms(pct(&commit, 0.5)), ms(pct(&commit, 0.99))));
-        row("remote one-parm apply + events p50 / p99", col, format!("{} / {}", ms(pct(&apply, 0.5)), ms(pct(&apply, 0.99))));
-        row("baseline: bare apply_changes p50 / p99", col, format!("{} / {}", ms(pct(&apply_bare, 0.5)), ms(pct(&apply_bare, 0.99))));
+        row(
+            "one-parm diff + commit p50 / p99",
+            col,
+            format!("{} / {}", ms(pct(&commit, 0.5)), ms(pct(&commit, 0.99))),
+        );
+        row(
+            "remote one-parm apply + events p50 / p99",
+            col,
+            format!("{} / {}", ms(pct(&apply, 0.5)), ms(pct(&apply, 0.99))),
+        );
+        row(
+            "baseline: bare apply_changes p50 / p99",
+            col,
+            format!(
+                "{} / {}",
+                ms(pct(&apply_bare, 0.5)),
+                ms(pct(&apply_bare, 0.99))
+            ),
+        );
         let derive: Vec<f64> = {
             let mut d: Vec<f64> = apply
                 .iter()
@@ -154,9 +201,17 @@ fn main() {
         row(
             "event derivation (apply − baseline) p50 / p99",
             col,
-            format!("{:.3} ms / {:.3} ms", derive[derive.len() / 2] * 1e3, derive[derive.len() * 99 / 100] * 1e3),
+            format!(
+                "{:.3} ms / {:.3} ms",
+                derive[derive.len() / 2] * 1e3,
+                derive[derive.len() * 99 / 100] * 1e3
+            ),
         );
-        row("one change on the wire", col, format!("{} B", sizes_b / SAMPLES));
+        row(
+            "one change on the wire",
+            col,
+            format!("{} B", sizes_b / SAMPLES),
+        );
 
         // 10k more edits, then memory again (Automerge's heap grows per commit until reload).
         let rss2 = rss_bytes();
@@ -167,7 +222,15 @@ fn main() {
             b.commit(None).unwrap();
         }
         let rss3 = rss_bytes();
-        row("memory growth over 10k edits", col, format!("{:.0} B/parm ({:.1} KB/edit)", rss3.saturating_sub(rss2) as f64 / parms, rss3.saturating_sub(rss2) as f64 / 10_000.0 / 1e3));
+        row(
+            "memory growth over 10k edits",
+            col,
+            format!(
+                "{:.0} B/parm ({:.1} KB/edit)",
+                rss3.saturating_sub(rss2) as f64 / parms,
+                rss3.saturating_sub(rss2) as f64 / 10_000.0 / 1e3
+            ),
+        );
         drop((a, b, bare));
     }
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(10);

@@ -17,7 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     renamed.name = "Hero".into();
     bob.diff_nodes(&[renamed], &[], now_ms + 10)?;
     bob.commit(None)?;
-    alice.diff_nodes(&[node.with_parm("location", serde_json::from_str("[5.0, 1.0, 0.0]")?)], &[], now_ms + 12)?;
+    alice.diff_nodes(
+        &[node.with_parm("location", serde_json::from_str("[5.0, 1.0, 0.0]")?)],
+        &[],
+        now_ms + 12,
+    )?;
     alice.commit(None)?;
 
     // Changes travel (the server does this over WebSockets) and become host events.
@@ -30,6 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(alice.snapshot(), bob.snapshot());
     let merged = alice.node(cube).ok_or("cube missing")?;
     println!("merged: {} at {}", merged.name, merged.parms["location"]);
-    assert_eq!(merged.parms["location"], Value::Vector(vec![tandem_core::Scalar::Float(5.0), tandem_core::Scalar::Float(1.0), tandem_core::Scalar::Float(0.0)]));
+    assert_eq!(
+        merged.parms["location"],
+        Value::Vector(vec![
+            tandem_core::Scalar::Float(5.0),
+            tandem_core::Scalar::Float(1.0),
+            tandem_core::Scalar::Float(0.0)
+        ])
+    );
     Ok(())
 }

@@ -80,16 +80,22 @@ pub(crate) fn read_value<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<
             Scalar::Float(x) => Some(Value::Float(x)),
             Scalar::String(s) => Some(Value::String(s)),
         },
-        automerge::Value::Object(ObjType::Text) => doc.text(&id).ok().map(Value::Text),
-        automerge::Value::Object(ObjType::List) => Some(Value::Vector(
-            doc.list_range(&id, ..)
+        automerge::Value::Object(t) => read_object(doc, t, &id),
+    }
+}
+
+fn read_object<R: ReadDoc>(doc: &R, typ: ObjType, id: &ObjId) -> Option<Value> {
+    match typ {
+        ObjType::Text => doc.text(id).ok().map(Value::Text),
+        ObjType::List => Some(Value::Vector(
+            doc.list_range(id, ..)
                 .filter_map(|item| match item.value {
                     automerge::ValueRef::Scalar(s) => scalar_of(&s.into()),
                     automerge::ValueRef::Object(_) => None,
                 })
                 .collect(),
         )),
-        automerge::Value::Object(ObjType::Map | ObjType::Table) => read_tagged(doc, &id),
+        ObjType::Map | ObjType::Table => read_tagged(doc, id),
     }
 }
 
@@ -137,12 +143,25 @@ fn read_tagged<R: ReadDoc>(doc: &R, id: &ObjId) -> Option<Value> {
     }
 }
 
-/// Every parm of a parms map.
+/// Every parm of a parms map, in one scan of the map.
 pub(crate) fn read_parms<R: ReadDoc>(doc: &R, parms: &ObjId) -> BTreeMap<String, Value> {
-    let keys: Vec<String> = doc.keys(parms).collect();
-    keys.into_iter()
-        .filter_map(|k| read_value(doc, parms, &k).map(|v| (k, v)))
-        .collect()
+    let mut out = BTreeMap::new();
+    for item in doc.map_range(parms, ..) {
+        let v = match item.value {
+            automerge::ValueRef::Scalar(s) => match scalar_of(&s.into()) {
+                Some(Scalar::Bool(b)) => Some(Value::Bool(b)),
+                Some(Scalar::Int(i)) => Some(Value::Int(i)),
+                Some(Scalar::Float(x)) => Some(Value::Float(x)),
+                Some(Scalar::String(s)) => Some(Value::String(s)),
+                None => None,
+            },
+            automerge::ValueRef::Object(t) => read_object(doc, t, &item.id()),
+        };
+        if let Some(v) = v {
+            out.insert(item.key.into_owned(), v);
+        }
+    }
+    out
 }
 
 /// Every wire of an inputs map (malformed wires are skipped).
@@ -208,24 +227,56 @@ pub(crate) fn stamp_of(id: &ObjId) -> crate::tree::Stamp {
     }
 }
 
-/// A whole node (raw parent register); `None` if `obj` is not a node with a kind and id.
-pub(crate) fn read_node<R: ReadDoc>(doc: &R, id: NodeId, obj: &ObjId) -> Node {
-    let sub = |k: &str| child_map(doc, obj, k);
-    Node {
-        id,
-        kind: read_str(doc, obj, F_KIND).unwrap_or_default(),
-        name: read_str(doc, obj, F_NAME).unwrap_or_default(),
-        parent: read_parent(doc, obj).0,
-        order: read_str(doc, obj, F_ORDER),
-        owner: read_str(doc, obj, F_OWNER).and_then(|o| UserId::new(o).ok()),
-        parms: sub(F_PARMS)
-            .map(|p| read_parms(doc, &p))
-            .unwrap_or_default(),
-        inputs: sub(F_INPUTS)
-            .map(|p| read_inputs(doc, &p))
-            .unwrap_or_default(),
-        data: sub(F_DATA).map(|p| read_data(doc, &p)).unwrap_or_default(),
+/// A whole node with its raw parent register and that register's stamp, in one scan of the
+/// node's map (a `get` per field costs several times more on Automerge's columnar op set).
+pub(crate) fn read_node<R: ReadDoc>(
+    doc: &R,
+    id: NodeId,
+    obj: &ObjId,
+) -> (Node, crate::tree::Stamp) {
+    let mut node = Node::new(id, "", "");
+    let mut stamp = crate::tree::Stamp::default();
+    for item in doc.map_range(obj, ..) {
+        let str_value = |item: &automerge::iter::MapRangeItem<'_>| match &item.value {
+            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => Some(s.to_string()),
+            automerge::ValueRef::Object(ObjType::Text) => doc.text(item.id()).ok(),
+            _ => None,
+        };
+        let map_id = |item: &automerge::iter::MapRangeItem<'_>| {
+            matches!(
+                item.value,
+                automerge::ValueRef::Object(ObjType::Map | ObjType::Table)
+            )
+            .then(|| item.id())
+        };
+        match item.key.as_ref() {
+            F_KIND => node.kind = str_value(&item).unwrap_or_default(),
+            F_NAME => node.name = str_value(&item).unwrap_or_default(),
+            F_PARENT => {
+                node.parent = str_value(&item).and_then(|s| s.parse().ok());
+                stamp = stamp_of(&item.id());
+            }
+            F_ORDER => node.order = str_value(&item),
+            F_OWNER => node.owner = str_value(&item).and_then(|o| UserId::new(o).ok()),
+            F_PARMS => {
+                node.parms = map_id(&item)
+                    .map(|p| read_parms(doc, &p))
+                    .unwrap_or_default()
+            }
+            F_INPUTS => {
+                node.inputs = map_id(&item)
+                    .map(|p| read_inputs(doc, &p))
+                    .unwrap_or_default()
+            }
+            F_DATA => {
+                node.data = map_id(&item)
+                    .map(|p| read_data(doc, &p))
+                    .unwrap_or_default()
+            }
+            _ => {}
+        }
     }
+    (node, stamp)
 }
 
 // ---------------------------------------------------------------- hydrate (creation)

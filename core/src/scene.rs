@@ -171,8 +171,7 @@ impl SceneDoc {
                 continue;
             }
             let obj = item.id();
-            let node = codec::read_node(&self.doc, id, &obj);
-            let stamp = codec::read_parent(&self.doc, &obj).1;
+            let (node, stamp) = codec::read_node(&self.doc, id, &obj);
             out.insert(
                 id,
                 Entry {
@@ -673,8 +672,7 @@ impl SceneDoc {
                 removed.push(id);
             }
             let Some(e) = self.entries.get_mut(&id) else {
-                let node = codec::read_node(&self.doc, id, &obj);
-                let stamp = codec::read_parent(&self.doc, &obj).1;
+                let (node, stamp) = codec::read_node(&self.doc, id, &obj);
                 self.entries.insert(
                     id,
                     Entry {

@@ -13,8 +13,8 @@ fn fixtures() -> Vec<(String, SceneSnapshot)> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .map(|p| {
             let json = std::fs::read_to_string(&p).unwrap();
-            let snap = SceneSnapshot::from_json(&json)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let snap =
+                SceneSnapshot::from_json(&json).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             (p.file_name().unwrap().to_string_lossy().into_owned(), snap)
         })
         .collect();
@@ -32,16 +32,31 @@ fn every_fixture_round_trips_exactly() {
         let mut back = doc.snapshot();
         back.nodes.sort_by_key(|n| n.id);
         assert_eq!(back, snap, "{name}: document changed the scene");
-        let mut loaded = SceneDoc::load(&doc.save().unwrap(), UserId::new("other").unwrap()).unwrap();
-        assert_eq!(loaded.snapshot(), back, "{name}: save/load changed the scene");
-        assert_eq!(SceneSnapshot::from_json(&back.to_json()).unwrap(), back, "{name}: json");
+        let mut loaded =
+            SceneDoc::load(&doc.save().unwrap(), UserId::new("other").unwrap()).unwrap();
+        assert_eq!(
+            loaded.snapshot(),
+            back,
+            "{name}: save/load changed the scene"
+        );
+        assert_eq!(
+            SceneSnapshot::from_json(&back.to_json()).unwrap(),
+            back,
+            "{name}: json"
+        );
 
         let mut peer = SceneDoc::new(UserId::new("peer").unwrap()).unwrap();
-        let events = peer.apply_changes(doc.changes_since(&peer.heads())).unwrap();
+        let events = peer
+            .apply_changes(doc.changes_since(&peer.heads()))
+            .unwrap();
         let mut host = Scene::default();
         for e in &events {
             host.apply(e);
         }
-        assert_eq!(host.to_snapshot(), back, "{name}: events did not rebuild the scene");
+        assert_eq!(
+            host.to_snapshot(),
+            back,
+            "{name}: events did not rebuild the scene"
+        );
     }
 }

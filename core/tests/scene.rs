@@ -542,8 +542,13 @@ fn negative_zero_over_zero_is_not_a_change() {
     // Regression: Automerge drops a put of -0.0 over 0.0, so the diff must not record one.
     let id = NodeId::new_v4();
     let (mut a, mut b) = pair(&[cube(id).with_parm("x", Value::Float(0.0))]);
-    assert!(a.diff_nodes(&[cube(id).with_parm("x", Value::Float(-0.0))], &[], 2).unwrap().is_empty());
-    a.diff_nodes(&[cube(id).with_parm("x", Value::Float(-1.0))], &[], 3).unwrap();
+    assert!(
+        a.diff_nodes(&[cube(id).with_parm("x", Value::Float(-0.0))], &[], 2)
+            .unwrap()
+            .is_empty()
+    );
+    a.diff_nodes(&[cube(id).with_parm("x", Value::Float(-1.0))], &[], 3)
+        .unwrap();
     let (_, events) = sync(&mut a, &mut b);
     assert_eq!(events.len(), 1);
     assert_eq!(a.snapshot(), b.snapshot());
