@@ -255,7 +255,11 @@ pub(crate) fn touched(
 }
 
 /// Looks up the object of `nodes[id]`.
-pub(crate) fn node_obj<R: ReadDoc>(doc: &R, nodes: &ObjId, id: NodeId) -> Option<ObjId> {
+pub(crate) fn node_obj<R: crate::codec::Reader + ?Sized>(
+    doc: &R,
+    nodes: &ObjId,
+    id: NodeId,
+) -> Option<ObjId> {
     crate::codec::child_map(doc, nodes, &id.to_string())
 }
 

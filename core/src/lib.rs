@@ -15,6 +15,7 @@
 mod codec;
 mod error;
 mod events;
+mod history;
 mod ids;
 mod model;
 mod node;
@@ -28,6 +29,9 @@ pub mod wire;
 pub use automerge;
 pub use error::{Error, Result};
 pub use events::SceneEvent;
+pub use history::{
+    Blame, ChangeInfo, Checkpoint, Conflict, LogEntry, LogFilter, MergeReport, UndoOutcome, Version,
+};
 pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
 pub use model::Scene;
 pub use node::{Input, Node, SceneSnapshot};

@@ -43,17 +43,19 @@ const GENESIS_ACTOR: [u8; 16] = *b"tandem-genesis-0";
 const APPLY_CHUNK: usize = 8;
 
 #[derive(Debug)]
-struct Entry {
+pub(crate) struct Entry {
     /// The node with its raw parent register.
-    node: Node,
+    pub(crate) node: Node,
     /// Who wrote the parent register, when (for the cycle rule).
-    stamp: Stamp,
+    pub(crate) stamp: Stamp,
     /// `nodes[id]` in the document; `None` until a pending creation is committed.
-    obj: Option<ObjId>,
+    pub(crate) obj: Option<ObjId>,
 }
 
 #[derive(Debug, Default)]
-struct Pending {
+pub(crate) struct Pending {
+    /// The node as committed before this window's first edit (`None` if it did not exist).
+    before: Option<Node>,
     created: bool,
     removed: bool,
     /// Rewrite every field (a node deleted and re-added before the commit).
@@ -89,16 +91,18 @@ impl DiffReport {
 /// A scene document with its materialized scene. See the module docs.
 #[derive(Debug)]
 pub struct SceneDoc {
-    doc: Automerge,
-    user: UserId,
-    nodes_obj: ObjId,
-    entries: HashMap<NodeId, Entry>,
-    tree: Tree,
-    tree_stale: bool,
-    pending: BTreeMap<NodeId, Pending>,
-    pending_since_ms: Option<i64>,
-    last_edit_ms: i64,
-    index: ObjIndex,
+    pub(crate) doc: Automerge,
+    pub(crate) user: UserId,
+    pub(crate) nodes_obj: ObjId,
+    pub(crate) entries: HashMap<NodeId, Entry>,
+    pub(crate) tree: Tree,
+    pub(crate) tree_stale: bool,
+    pub(crate) pending: BTreeMap<NodeId, Pending>,
+    pub(crate) pending_since_ms: Option<i64>,
+    pub(crate) last_edit_ms: i64,
+    pub(crate) index: ObjIndex,
+    /// Own undo/redo (see `history`).
+    pub(crate) undo: crate::history::UndoStacks,
 }
 
 fn genesis() -> Result<Automerge> {
@@ -106,6 +110,7 @@ fn genesis() -> Result<Automerge> {
     let mut tx = doc.transaction();
     tx.put(ROOT, KEY_SCHEMA, SCHEMA_VERSION)?;
     tx.put_object(ROOT, KEY_NODES, ObjType::Map)?;
+    tx.put_object(ROOT, KEY_CHECKPOINTS, ObjType::Map)?;
     tx.commit_with(CommitOptions::default().with_time(0));
     Ok(doc)
 }
@@ -154,6 +159,7 @@ impl SceneDoc {
             pending_since_ms: None,
             last_edit_ms: 0,
             index: ObjIndex::default(),
+            undo: Default::default(),
         };
         this.entries = this.read_all();
         Ok(this)
@@ -300,13 +306,18 @@ impl SceneDoc {
             self.diff_one(h, &mut last_key, &mut report);
         }
         for &id in removed {
-            if self.entries.remove(&id).is_some() {
-                let p = self.pending.entry(id).or_default();
+            if let Some(gone) = self.entries.remove(&id) {
+                let p = self.pending.entry(id).or_insert_with(|| Pending {
+                    before: Some(gone.node),
+                    ..Pending::default()
+                });
                 if p.created {
                     // Created and removed before any commit: the document never saw it.
                     self.pending.remove(&id);
                 } else {
+                    let before = p.before.take();
                     *p = Pending {
+                        before,
                         removed: true,
                         ..Pending::default()
                     };
@@ -365,7 +376,9 @@ impl SceneDoc {
             let p = self.pending.entry(id).or_default();
             if p.removed {
                 // Removed and re-added before the commit: rewrite it whole.
+                let before = p.before.take();
                 *p = Pending {
+                    before,
                     all: true,
                     ..Pending::default()
                 };
@@ -380,7 +393,13 @@ impl SceneDoc {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
-        let p = self.pending.entry(id).or_default();
+        if !differs(&e.node, h, effective_parent) {
+            return;
+        }
+        let p = self.pending.entry(id).or_insert_with(|| Pending {
+            before: Some(e.node.clone()),
+            ..Pending::default()
+        });
         let n = &mut e.node;
         let mut changed = 0;
         if n.kind != h.kind {
@@ -414,9 +433,6 @@ impl SceneDoc {
         changed += sync_map(&mut n.parms, &h.parms, &mut p.parms);
         changed += sync_map(&mut n.inputs, &h.inputs, &mut p.inputs);
         changed += sync_map(&mut n.data, &h.data, &mut p.data);
-        if changed == 0 && !p.any() {
-            self.pending.remove(&id);
-        }
         report.changed += changed;
     }
 
@@ -446,7 +462,20 @@ impl SceneDoc {
         let pending = std::mem::take(&mut self.pending);
         self.pending_since_ms = None;
         match self.write_pending(&pending, message) {
-            Ok(hash) => Ok(hash),
+            Ok(hash) => {
+                if hash.is_some() {
+                    let record = pending
+                        .into_iter()
+                        .map(|(id, p)| {
+                            let before = if p.created { None } else { p.before };
+                            let after = self.entries.get(&id).map(|e| e.node.clone());
+                            (id, before, after)
+                        })
+                        .collect();
+                    self.undo.record(record);
+                }
+                Ok(hash)
+            }
             Err(e) => {
                 // The document refused a write; the mirror may be ahead of it. Re-read.
                 tracing::error!(error = %e, "commit failed; re-reading the scene from the document");
@@ -803,20 +832,16 @@ impl SceneDoc {
     }
 }
 
-impl Pending {
-    fn any(&self) -> bool {
-        self.created
-            || self.removed
-            || self.all
-            || self.kind
-            || self.name
-            || self.parent
-            || self.order
-            || self.owner
-            || !self.parms.is_empty()
-            || !self.inputs.is_empty()
-            || !self.data.is_empty()
-    }
+/// Whether host node `h` differs from the scene's node `n` in anything a diff writes.
+fn differs(n: &Node, h: &Node, effective_parent: Option<NodeId>) -> bool {
+    n.kind != h.kind
+        || n.name != h.name
+        || h.parent != effective_parent
+        || (h.order.is_some() && h.order != n.order)
+        || (h.owner.is_some() && h.owner != n.owner)
+        || n.parms != h.parms
+        || n.inputs != h.inputs
+        || n.data != h.data
 }
 
 fn check_unique(nodes: &[Node]) -> Result<HashSet<NodeId>> {
@@ -875,7 +900,11 @@ pub(crate) fn map_delta<V: Clone + PartialEq>(
     d
 }
 
-fn ensure_map<T: Transactable>(tx: &mut T, obj: &ObjId, key: &str) -> Result<ObjId> {
+fn ensure_map<T: Transactable + codec::Reader>(
+    tx: &mut T,
+    obj: &ObjId,
+    key: &str,
+) -> Result<ObjId> {
     match codec::child_map(tx, obj, key) {
         Some(id) => Ok(id),
         None => Ok(tx.put_object(obj, key, ObjType::Map)?),

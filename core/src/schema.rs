@@ -3,6 +3,7 @@
 //! ```text
 //! ROOT
 //! ├─ schema: Int            version of this layout (SCHEMA_VERSION)
+//! ├─ checkpoints: Map       name → {heads: "hex,hex", comment, author, time}
 //! └─ nodes: Map             NodeId (hyphenated uuid) → node
 //!    └─ <uuid>: Map
 //!       ├─ kind: Str        "blender.object/MESH", "usd.prim/Xform", ...
@@ -27,6 +28,8 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub(crate) const KEY_SCHEMA: &str = "schema";
 /// Root key holding the nodes map.
 pub(crate) const KEY_NODES: &str = "nodes";
+/// Root key holding named checkpoints.
+pub(crate) const KEY_CHECKPOINTS: &str = "checkpoints";
 
 pub(crate) const F_KIND: &str = "kind";
 pub(crate) const F_NAME: &str = "name";
