@@ -8,7 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cube = NodeId::new_v4();
     let node = Node::new(cube, "blender.object/MESH", "Cube")
         .with_parm("location", serde_json::from_str("[0.0, 1.0, 0.0]")?);
-    alice.diff_full(&[node.clone()], now_ms)?;
+    alice.diff_full(std::slice::from_ref(&node), now_ms)?;
     alice.commit(Some("add cube"))?;
 
     // Bob starts from Alice's saved scene; both edit the same node at once.

@@ -465,10 +465,10 @@ pub(crate) fn put_scalar<T: Transactable + Reader>(
     key: &str,
     want: ScalarValue,
 ) -> Result<()> {
-    if let Some((automerge::Value::Scalar(cur), _)) = tx.get(obj, key)? {
-        if scalar_matches(cur.as_ref(), &want) {
-            return Ok(());
-        }
+    if let Some((automerge::Value::Scalar(cur), _)) = tx.get(obj, key)?
+        && scalar_matches(cur.as_ref(), &want)
+    {
+        return Ok(());
     }
     tx.put(obj, key, want)?;
     Ok(())

@@ -52,6 +52,12 @@ pub enum Error {
     /// of version (`latest`, change hashes, `t:<ms>`).
     #[error("invalid checkpoint name {0:?}")]
     InvalidCheckpointName(String),
+    /// A role name other than `admin`, `editor`, `viewer`.
+    #[error("invalid role {0:?}: expected admin, editor or viewer")]
+    InvalidRole(String),
+    /// The rules refuse this edit.
+    #[error("forbidden: {0}")]
+    Forbidden(crate::rules::Forbidden),
     /// JSON that does not describe a scene.
     #[error("invalid scene json: {0}")]
     Json(#[from] serde_json::Error),

@@ -20,6 +20,7 @@ mod ids;
 mod model;
 mod node;
 pub mod order;
+mod rules;
 mod scene;
 pub mod schema;
 mod tree;
@@ -35,6 +36,7 @@ pub use history::{
 pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
 pub use model::Scene;
 pub use node::{Input, Node, SceneSnapshot};
+pub use rules::{Forbidden, Lock, Role, Rules};
 pub use scene::{DiffReport, SceneDoc};
 pub use tree::{Stamp, Tree};
 pub use value::{Expr, Frame, Keyframe, Scalar, Value};

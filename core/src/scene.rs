@@ -111,6 +111,9 @@ fn genesis() -> Result<Automerge> {
     tx.put(ROOT, KEY_SCHEMA, SCHEMA_VERSION)?;
     tx.put_object(ROOT, KEY_NODES, ObjType::Map)?;
     tx.put_object(ROOT, KEY_CHECKPOINTS, ObjType::Map)?;
+    let rules = tx.put_object(ROOT, KEY_RULES, ObjType::Map)?;
+    tx.put_object(&rules, "locks", ObjType::Map)?;
+    tx.put_object(&rules, "grants", ObjType::Map)?;
     tx.commit_with(CommitOptions::default().with_time(0));
     Ok(doc)
 }

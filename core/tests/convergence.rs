@@ -239,10 +239,10 @@ impl World {
                 let Some(id) = self.pick(r, k) else { return };
                 let parent = parent.and_then(|p| self.pick(r, p));
                 let host = &self.replicas[r].host;
-                if let Some(p) = parent {
-                    if Self::is_ancestor(host, id, Some(p)) {
-                        return; // a host never makes a local cycle
-                    }
+                if let Some(p) = parent
+                    && Self::is_ancestor(host, id, Some(p))
+                {
+                    return; // a host never makes a local cycle
                 }
                 self.edit(r, |h| h.nodes.get_mut(&id).unwrap().parent = parent);
             }

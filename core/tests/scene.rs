@@ -172,7 +172,7 @@ fn concurrent_edits_of_two_vector_components_both_survive() {
 fn concurrent_text_edits_merge_per_character() {
     let id = NodeId::new_v4();
     let base = cube(id).with_parm("code", Value::Text("x = 1\ny = 2\n".into()));
-    let (mut a, mut b) = pair(&[base.clone()]);
+    let (mut a, mut b) = pair(std::slice::from_ref(&base));
     a.diff_nodes(
         &[base
             .clone()
@@ -210,7 +210,7 @@ fn keyframes_added_concurrently_merge() {
         )
     };
     let base = cube(id).with_parm("tx", curve(&[(1.0, 0.0)]));
-    let (mut a, mut b) = pair(&[base.clone()]);
+    let (mut a, mut b) = pair(std::slice::from_ref(&base));
     a.diff_nodes(
         &[base
             .clone()

@@ -1,0 +1,229 @@
+//! Who may change what: every case checks real changes from one replica against another
+//! replica's rules before applying them, as the server does.
+
+use tandem_core::{Node, NodeId, Role, SceneDoc, UserId, Value};
+
+fn user(n: &str) -> UserId {
+    UserId::new(n).unwrap()
+}
+
+/// The "server" replica plus alice's and bob's replicas, sharing one scene.
+fn room(nodes: &[Node]) -> (SceneDoc, SceneDoc, SceneDoc) {
+    let mut alice = SceneDoc::new(user("alice")).unwrap();
+    alice.diff_full(nodes, 1).unwrap();
+    alice.commit(None).unwrap();
+    let bytes = alice.save().unwrap();
+    let server = SceneDoc::load(&bytes, user("server")).unwrap();
+    let bob = SceneDoc::load(&bytes, user("bob")).unwrap();
+    (server, alice, bob)
+}
+
+/// Bob's (or anyone's) pending edits, committed, as the changes the server would receive.
+fn outgoing(from: &mut SceneDoc, server: &SceneDoc) -> Vec<tandem_core::automerge::Change> {
+    from.commit(None).unwrap();
+    from.changes_since(&server.heads())
+}
+
+fn deliver(server: &mut SceneDoc, changes: Vec<tandem_core::automerge::Change>) {
+    server.apply_changes(changes).unwrap();
+}
+
+fn cube(id: NodeId) -> Node {
+    Node::new(id, "blender.object/MESH", "Cube").with_parm("x", Value::Float(0.0))
+}
+
+fn set_x(doc: &mut SceneDoc, id: NodeId, x: f64) {
+    let n = doc.node(id).unwrap().with_parm("x", Value::Float(x));
+    doc.diff_nodes(&[n], &[], 2).unwrap();
+}
+
+#[test]
+fn a_viewer_cannot_change_anything() {
+    let id = NodeId::new_v4();
+    let (mut server, _, mut bob) = room(&[cube(id)]);
+    set_x(&mut bob, id, 1.0);
+    let ch = outgoing(&mut bob, &server);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Viewer)
+        .unwrap_err();
+    assert_eq!(err.rule, "viewers cannot edit");
+    assert!(
+        server
+            .check_changes(&ch, &user("bob"), Role::Editor)
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_locked_node_refuses_other_editors_but_not_its_holder_or_admins() {
+    let id = NodeId::new_v4();
+    let other = NodeId::new_v4();
+    let (mut server, mut alice, mut bob) = room(&[cube(id), cube(other)]);
+    alice.lock(id, false, Role::Editor, 5).unwrap();
+    let lock = outgoing(&mut alice, &server);
+    server
+        .check_changes(&lock, &user("alice"), Role::Editor)
+        .unwrap();
+    deliver(&mut server, lock.clone());
+    deliver(&mut bob, lock);
+
+    set_x(&mut bob, id, 7.0);
+    let ch = outgoing(&mut bob, &server);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(
+        (err.node, err.field.as_deref(), err.rule.as_str()),
+        (Some(id), Some("parm:x"), "locked by alice")
+    );
+    assert!(server.check_changes(&ch, &user("bob"), Role::Admin).is_ok());
+
+    // Bob's legal edits elsewhere still pass (from a replica without the refused change).
+    let mut bob2 = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    set_x(&mut bob2, other, 3.0);
+    let ch = outgoing(&mut bob2, &server);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+
+    // Alice, the holder, edits freely.
+    set_x(&mut alice, id, 9.0);
+    let ch = outgoing(&mut alice, &server);
+    server
+        .check_changes(&ch, &user("alice"), Role::Editor)
+        .unwrap();
+}
+
+#[test]
+fn a_subtree_lock_covers_descendants() {
+    let hero = NodeId::new_v4();
+    let arm = NodeId::new_v4();
+    let (mut server, mut alice, _) = room(&[cube(hero), cube(arm).with_parent(hero)]);
+    alice.lock(hero, true, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    set_x(&mut bob, arm, 1.0);
+    let ch = outgoing(&mut bob, &server);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert!(
+        err.rule.starts_with("subtree locked by alice"),
+        "{}",
+        err.rule
+    );
+}
+
+#[test]
+fn only_owners_and_admins_lock_and_grant() {
+    let id = NodeId::new_v4();
+    let (mut server, _, mut bob) = room(&[cube(id)]); // alice owns it
+    let err = bob.lock(id, false, Role::Editor, 5).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only the node's owner or an admin"),
+        "{err}"
+    );
+    bob.lock(id, false, Role::Admin, 5).unwrap();
+    let ch = outgoing(&mut bob, &server);
+    assert!(
+        server
+            .check_changes(&ch, &user("bob"), Role::Editor)
+            .is_err(),
+        "a forged admin lock is refused"
+    );
+    assert!(server.check_changes(&ch, &user("bob"), Role::Admin).is_ok());
+}
+
+#[test]
+fn a_grant_gives_one_user_sole_control_of_a_parm() {
+    let cam = NodeId::new_v4();
+    let (mut server, mut alice, _) = room(&[cube(cam).with_parm("lens", Value::Float(35.0))]);
+    alice
+        .grant(cam, "lens", &[user("carol")], Role::Editor, 5)
+        .unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let base = server.save().unwrap();
+
+    let mut bob = SceneDoc::load(&base, user("bob")).unwrap();
+    let n = bob.node(cam).unwrap().with_parm("lens", Value::Float(50.0));
+    bob.diff_nodes(&[n], &[], 6).unwrap();
+    let ch = outgoing(&mut bob, &server);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.rule, "granted to carol");
+
+    let mut carol = SceneDoc::load(&base, user("carol")).unwrap();
+    let n = carol
+        .node(cam)
+        .unwrap()
+        .with_parm("lens", Value::Float(85.0));
+    carol.diff_nodes(&[n], &[], 6).unwrap();
+    let ch = outgoing(&mut carol, &server);
+    server
+        .check_changes(&ch, &user("carol"), Role::Editor)
+        .unwrap();
+
+    // Other parms of the camera stay open to everyone.
+    let mut bob = SceneDoc::load(&base, user("bob")).unwrap();
+    set_x(&mut bob, cam, 1.0);
+    let ch = outgoing(&mut bob, &server);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+}
+
+#[test]
+fn forged_authors_and_owners_are_refused() {
+    let id = NodeId::new_v4();
+    let (mut server, _, _) = room(&[cube(id)]);
+    // Mallory's replica claims to be alice.
+    let mut mallory = SceneDoc::load(&server.save().unwrap(), user("alice")).unwrap();
+    set_x(&mut mallory, id, 1.0);
+    let ch = outgoing(&mut mallory, &server);
+    let err = server
+        .check_changes(&ch, &user("mallory"), Role::Editor)
+        .unwrap_err();
+    assert!(err.rule.contains("claims author"), "{}", err.rule);
+
+    // A new node whose owner is not its author.
+    let mut m2 = SceneDoc::load(&server.save().unwrap(), user("mallory")).unwrap();
+    let mut n = cube(NodeId::new_v4());
+    n.owner = Some(user("alice"));
+    m2.diff_nodes(&[n], &[], 3).unwrap();
+    let ch = outgoing(&mut m2, &server);
+    let err = server
+        .check_changes(&ch, &user("mallory"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.rule, "a new node must be owned by its author");
+
+    // Handing someone else's node over.
+    let mut m3 = SceneDoc::load(&server.save().unwrap(), user("mallory")).unwrap();
+    let mut n = m3.node(id).unwrap();
+    n.owner = Some(user("mallory"));
+    m3.diff_nodes(&[n], &[], 4).unwrap();
+    let ch = outgoing(&mut m3, &server);
+    let err = server
+        .check_changes(&ch, &user("mallory"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("owner"));
+}
+
+#[test]
+fn new_nodes_and_their_locks_in_one_batch_pass() {
+    let (mut server, _, mut bob) = room(&[]);
+    let id = NodeId::new_v4();
+    bob.diff_nodes(&[cube(id)], &[], 2).unwrap();
+    bob.commit(None).unwrap();
+    bob.lock(id, true, Role::Editor, 3).unwrap();
+    let ch = outgoing(&mut bob, &server);
+    assert_eq!(ch.len(), 2);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+    deliver(&mut server, ch);
+    assert_eq!(server.rules().locks[&id].by, user("bob"));
+}
