@@ -36,7 +36,7 @@ pub use history::{
 pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
 pub use model::Scene;
 pub use node::{Input, Node, SceneSnapshot};
-pub use rules::{Forbidden, Lock, Role, Rules};
+pub use rules::{Forbidden, Lock, Role, RuleChecker, Rules, read_rules};
 pub use scene::{DiffReport, SceneDoc};
 pub use tree::{Stamp, Tree};
 pub use value::{Expr, Frame, Keyframe, Scalar, Value};

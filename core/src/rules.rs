@@ -17,7 +17,7 @@
 //! [`SceneDoc::check_changes`] runs these rules over changes *before* they are applied,
 //! which is how the server keeps a forbidden change out of everything others receive.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -105,6 +105,51 @@ impl fmt::Display for Forbidden {
     }
 }
 
+/// The locks and grants stored in a scene document.
+pub fn read_rules(doc: &automerge::Automerge) -> Rules {
+    let mut rules = Rules::default();
+    let Some(r) = codec::child_map(doc, &ROOT, KEY_RULES) else {
+        return rules;
+    };
+    if let Some(locks) = codec::child_map(doc, &r, "locks") {
+        for item in doc.map_range(&locks, ..) {
+            let (Ok(id), id_obj) = (item.key.parse::<NodeId>(), item.id()) else {
+                continue;
+            };
+            let Some(by) = codec::read_str(doc, &id_obj, "by").and_then(|u| UserId::new(u).ok())
+            else {
+                continue;
+            };
+            let subtree = matches!(
+                doc.get(&id_obj, "subtree"),
+                Ok(Some((automerge::Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
+            );
+            rules.locks.insert(id, Lock { by, subtree });
+        }
+    }
+    if let Some(grants) = codec::child_map(doc, &r, "grants") {
+        for item in doc.map_range(&grants, ..) {
+            let Ok(id) = item.key.parse::<NodeId>() else {
+                continue;
+            };
+            let gobj = item.id();
+            let mut parms = BTreeMap::new();
+            for p in doc.map_range(&gobj, ..) {
+                let Some(users) = codec::read_str(doc, &gobj, &p.key) else {
+                    continue;
+                };
+                let set: BTreeSet<UserId> = users
+                    .split(',')
+                    .filter_map(|u| UserId::new(u.trim()).ok())
+                    .collect();
+                parms.insert(p.key.into_owned(), set);
+            }
+            rules.grants.insert(id, parms);
+        }
+    }
+    rules
+}
+
 fn forbidden(node: Option<NodeId>, field: Option<&str>, rule: impl Into<String>) -> Forbidden {
     Forbidden {
         node,
@@ -116,272 +161,46 @@ fn forbidden(node: Option<NodeId>, field: Option<&str>, rule: impl Into<String>)
 impl SceneDoc {
     /// The scene's current locks and grants.
     pub fn rules(&self) -> Rules {
-        let mut rules = Rules::default();
-        let Some(r) = codec::child_map(&self.doc, &ROOT, KEY_RULES) else {
-            return rules;
-        };
-        if let Some(locks) = codec::child_map(&self.doc, &r, "locks") {
-            for item in self.doc.map_range(&locks, ..) {
-                let (Ok(id), id_obj) = (item.key.parse::<NodeId>(), item.id()) else {
-                    continue;
-                };
-                let Some(by) =
-                    codec::read_str(&self.doc, &id_obj, "by").and_then(|u| UserId::new(u).ok())
-                else {
-                    continue;
-                };
-                let subtree = matches!(
-                    self.doc.get(&id_obj, "subtree"),
-                    Ok(Some((automerge::Value::Scalar(s), _))) if matches!(s.as_ref(), ScalarValue::Boolean(true))
-                );
-                rules.locks.insert(id, Lock { by, subtree });
-            }
-        }
-        if let Some(grants) = codec::child_map(&self.doc, &r, "grants") {
-            for item in self.doc.map_range(&grants, ..) {
-                let Ok(id) = item.key.parse::<NodeId>() else {
-                    continue;
-                };
-                let gobj = item.id();
-                let mut parms = BTreeMap::new();
-                for p in self.doc.map_range(&gobj, ..) {
-                    let Some(users) = codec::read_str(&self.doc, &gobj, &p.key) else {
-                        continue;
-                    };
-                    let set: BTreeSet<UserId> = users
-                        .split(',')
-                        .filter_map(|u| UserId::new(u.trim()).ok())
-                        .collect();
-                    parms.insert(p.key.into_owned(), set);
-                }
-                rules.grants.insert(id, parms);
-            }
-        }
-        rules
+        read_rules(&self.doc)
     }
 
     /// Whether `user` with `role` may change field `field` (`None`: the node itself) of
     /// `node`, by the current rules.
     pub fn may_edit(
-        &mut self,
-        user: &UserId,
-        role: Role,
-        node: NodeId,
-        field: Option<&str>,
-    ) -> std::result::Result<(), Forbidden> {
-        let rules = self.rules();
-        self.check_node(&rules, user, role, node, field)
-    }
-
-    fn check_node(
-        &mut self,
-        rules: &Rules,
-        user: &UserId,
-        role: Role,
-        node: NodeId,
-        field: Option<&str>,
-    ) -> std::result::Result<(), Forbidden> {
-        match role {
-            Role::Viewer => return Err(forbidden(Some(node), field, "viewers cannot edit")),
-            Role::Admin => return Ok(()),
-            Role::Editor => {}
-        }
-        if let Some(lock) = rules.locks.get(&node)
-            && &lock.by != user
-        {
-            return Err(forbidden(
-                Some(node),
-                field,
-                format!("locked by {}", lock.by),
-            ));
-        }
-        // Subtree locks on ancestors (effective tree; bounded by the node count).
-        let tree = self.tree().clone();
-        let mut cur = tree.parent(node);
-        let mut steps = 0;
-        while let Some(p) = cur {
-            if let Some(lock) = rules.locks.get(&p)
-                && lock.subtree
-                && &lock.by != user
-            {
-                return Err(forbidden(
-                    Some(node),
-                    field,
-                    format!("subtree locked by {} at {p}", lock.by),
-                ));
-            }
-            steps += 1;
-            if steps > self.entries.len() {
-                break;
-            }
-            cur = tree.parent(p);
-        }
-        if let Some(parm) = field.and_then(|f| f.strip_prefix("parm:"))
-            && let Some(users) = rules.grants.get(&node).and_then(|g| g.get(parm))
-            && !users.contains(user)
-        {
-            let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
-            return Err(forbidden(
-                Some(node),
-                field,
-                format!("granted to {}", names.join(", ")),
-            ));
-        }
-        Ok(())
-    }
-
-    fn owner_of(&self, node: NodeId) -> Option<UserId> {
-        self.entries.get(&node).and_then(|e| e.node.owner.clone())
-    }
-
-    fn check_rules_admin(
         &self,
         user: &UserId,
         role: Role,
         node: NodeId,
-        what: &str,
+        field: Option<&str>,
     ) -> std::result::Result<(), Forbidden> {
-        if role == Role::Admin || self.owner_of(node).as_ref() == Some(user) {
-            Ok(())
-        } else {
-            Err(forbidden(
-                Some(node),
-                Some(what),
-                "only the node's owner or an admin may change it",
-            ))
-        }
+        let view = DocView::new(&self.doc);
+        view.check_node(&self.rules(), user, role, node, field)
     }
 
-    /// Checks changes from `user` (authenticated, with `role`) against the rules, before
-    /// they are applied. The first refused op is reported; nothing is applied either way.
+    /// Checks changes from `user` (authenticated, with `role`) against the rules before they
+    /// are applied; see [`RuleChecker`].
     pub fn check_changes(
         &mut self,
         changes: &[Change],
         user: &UserId,
         role: Role,
     ) -> std::result::Result<(), Forbidden> {
-        for c in changes {
-            if let Some(author) = c.author()
-                && author.as_bytes() != user.as_str().as_bytes()
-            {
-                return Err(forbidden(
-                    None,
-                    None,
-                    format!(
-                        "change claims author {:?} but the connection is {user}",
-                        String::from_utf8_lossy(author.as_bytes())
-                    ),
-                ));
-            }
-        }
-        if role == Role::Viewer && !changes.is_empty() {
-            return Err(forbidden(None, None, "viewers cannot edit"));
-        }
-        let rules = self.rules();
-        // Nodes these changes create: their author owns them.
-        let mut created: HashMap<NodeId, ()> = HashMap::new();
-        let mut result = Ok(());
-        let mut located = Vec::new();
-        events::walk_ops(&self.doc, &mut self.index, changes, |op| {
-            let value = match &op.op.action {
-                automerge::legacy::OpType::Put(ScalarValue::Str(s)) => Some(s.to_string()),
-                _ => None,
-            };
-            let is_make = matches!(op.op.action, automerge::legacy::OpType::Make(_));
-            located.push((op.loc, op.key.map(str::to_owned), value, is_make));
-        });
-        for (loc, key, value, is_make) in located {
-            let key = key.as_deref();
-            let r = match loc {
-                Loc::Root => match key {
-                    Some(KEY_SCHEMA | KEY_NODES | KEY_RULES | KEY_CHECKPOINTS)
-                        if role != Role::Admin =>
-                    {
-                        Err(forbidden(
-                            None,
-                            key,
-                            "only an admin may replace the scene's structure",
-                        ))
-                    }
-                    _ => Ok(()),
-                },
-                Loc::Nodes => match key.and_then(|k| k.parse::<NodeId>().ok()) {
-                    Some(id) if is_make && !self.entries.contains_key(&id) => {
-                        created.insert(id, ());
-                        Ok(())
-                    }
-                    Some(id) => self.check_node(&rules, user, role, id, None),
-                    None => Ok(()),
-                },
-                Loc::Node(id) | Loc::Field(id, _) if created.contains_key(&id) => {
-                    match (key, &value) {
-                        (Some(F_OWNER), Some(owner))
-                            if owner != user.as_str() && role != Role::Admin =>
-                        {
-                            Err(forbidden(
-                                Some(id),
-                                Some("owner"),
-                                "a new node must be owned by its author",
-                            ))
-                        }
-                        _ => Ok(()),
-                    }
-                }
-                Loc::Node(id) => match key {
-                    Some(F_OWNER) => self.check_rules_admin(user, role, id, "owner"),
-                    Some(F_PARMS) => self.check_node(&rules, user, role, id, Some("parms")),
-                    k => self.check_node(&rules, user, role, id, k),
-                },
-                Loc::Field(id, f) => self.check_node(&rules, user, role, id, Some(&f)),
-                Loc::Parms(id) | Loc::Parm(id, _) if created.contains_key(&id) => Ok(()),
-                Loc::Parms(id) => match key {
-                    Some(p) => self.check_node(&rules, user, role, id, Some(&format!("parm:{p}"))),
-                    None => Ok(()),
-                },
-                Loc::Parm(id, p) => {
-                    self.check_node(&rules, user, role, id, Some(&format!("parm:{p}")))
-                }
-                Loc::Rules(RulesLoc::Locks) | Loc::Rules(RulesLoc::Grants) => {
-                    match key.and_then(|k| k.parse().ok()) {
-                        Some(id) if created.contains_key(&id) => Ok(()),
-                        Some(id) => self.check_rules_admin(user, role, id, "rules"),
-                        None => Ok(()),
-                    }
-                }
-                Loc::Rules(
-                    RulesLoc::Lock(id) | RulesLoc::Grant(id) | RulesLoc::GrantParm(id, _),
-                ) => {
-                    if created.contains_key(&id) {
-                        Ok(())
-                    } else {
-                        self.check_rules_admin(user, role, id, "rules")
-                    }
-                }
-                Loc::Rules(RulesLoc::Root) => {
-                    if role == Role::Admin {
-                        Ok(())
-                    } else {
-                        Err(forbidden(
-                            None,
-                            Some("rules"),
-                            "only an admin may restructure the rules",
-                        ))
-                    }
-                }
-                Loc::Elsewhere => Ok(()),
-            };
-            if let Err(e) = r {
-                result = Err(e);
-                break;
-            }
-        }
-        result
+        check(&self.doc, &mut self.index, changes, user, role)
+    }
+
+    fn check_rules_admin(
+        &self,
+        role: Role,
+        node: NodeId,
+        what: &str,
+    ) -> std::result::Result<(), Forbidden> {
+        DocView::new(&self.doc).check_owner_or_admin(&self.user, role, node, what)
     }
 
     /// Locks `node` (and, with `subtree`, everything under it) for this replica's user.
     /// Commits pending edits first; the lock is its own change.
     pub fn lock(&mut self, node: NodeId, subtree: bool, role: Role, now_ms: i64) -> Result<()> {
-        self.check_rules_admin(&self.user.clone(), role, node, "lock")
+        self.check_rules_admin(role, node, "lock")
             .map_err(Error::Forbidden)?;
         self.commit(None)?;
         let user = self.user.as_str().to_owned();
@@ -400,7 +219,7 @@ impl SceneDoc {
         if let Some(lock) = rules.locks.get(&node)
             && lock.by != self.user
         {
-            self.check_rules_admin(&self.user.clone(), role, node, "lock")
+            self.check_rules_admin(role, node, "lock")
                 .map_err(Error::Forbidden)?;
         }
         self.commit(None)?;
@@ -421,7 +240,7 @@ impl SceneDoc {
         role: Role,
         now_ms: i64,
     ) -> Result<()> {
-        self.check_rules_admin(&self.user.clone(), role, node, "grant")
+        self.check_rules_admin(role, node, "grant")
             .map_err(Error::Forbidden)?;
         self.commit(None)?;
         let list: Vec<&str> = users.iter().map(UserId::as_str).collect();
@@ -465,4 +284,253 @@ fn ensure(
         Some(id) => Ok(id),
         None => Ok(tx.put_object(obj, key, ObjType::Map)?),
     }
+}
+
+/// Checks incoming changes against a document's rules without materializing the scene: it
+/// reads owners, parents, locks and grants straight from the document, so a server can hold
+/// one per document at almost no memory cost.
+#[derive(Debug, Default)]
+pub struct RuleChecker {
+    index: events::ObjIndex,
+}
+
+impl RuleChecker {
+    /// A checker with an empty object index (it fills as changes arrive).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Checks changes from `user` with `role` against `doc` (which must not contain them
+    /// yet). The first refused op is reported; nothing is applied either way.
+    pub fn check(
+        &mut self,
+        doc: &automerge::Automerge,
+        changes: &[Change],
+        user: &UserId,
+        role: Role,
+    ) -> std::result::Result<(), Forbidden> {
+        check(doc, &mut self.index, changes, user, role)
+    }
+}
+
+/// Reads what the rules need from a document.
+struct DocView<'a> {
+    doc: &'a automerge::Automerge,
+    nodes: Option<automerge::ObjId>,
+}
+
+impl<'a> DocView<'a> {
+    fn new(doc: &'a automerge::Automerge) -> Self {
+        Self {
+            doc,
+            nodes: codec::child_map(doc, &ROOT, KEY_NODES),
+        }
+    }
+
+    fn node_obj(&self, id: NodeId) -> Option<automerge::ObjId> {
+        events::node_obj(self.doc, self.nodes.as_ref()?, id)
+    }
+
+    fn exists(&self, id: NodeId) -> bool {
+        self.node_obj(id).is_some()
+    }
+
+    fn owner(&self, id: NodeId) -> Option<UserId> {
+        let obj = self.node_obj(id)?;
+        codec::read_str(self.doc, &obj, F_OWNER).and_then(|o| UserId::new(o).ok())
+    }
+
+    fn parent(&self, id: NodeId) -> Option<NodeId> {
+        let obj = self.node_obj(id)?;
+        codec::read_parent(self.doc, &obj).0
+    }
+
+    fn check_owner_or_admin(
+        &self,
+        user: &UserId,
+        role: Role,
+        node: NodeId,
+        what: &str,
+    ) -> std::result::Result<(), Forbidden> {
+        if role == Role::Admin || self.owner(node).as_ref() == Some(user) {
+            Ok(())
+        } else {
+            Err(forbidden(
+                Some(node),
+                Some(what),
+                "only the node's owner or an admin may change it",
+            ))
+        }
+    }
+
+    fn check_node(
+        &self,
+        rules: &Rules,
+        user: &UserId,
+        role: Role,
+        node: NodeId,
+        field: Option<&str>,
+    ) -> std::result::Result<(), Forbidden> {
+        match role {
+            Role::Viewer => return Err(forbidden(Some(node), field, "viewers cannot edit")),
+            Role::Admin => return Ok(()),
+            Role::Editor => {}
+        }
+        if let Some(lock) = rules.locks.get(&node)
+            && &lock.by != user
+        {
+            return Err(forbidden(
+                Some(node),
+                field,
+                format!("locked by {}", lock.by),
+            ));
+        }
+        // Subtree locks on ancestors, by parent registers; a cycle ends the walk.
+        let mut seen = std::collections::HashSet::new();
+        let mut cur = self.parent(node);
+        while let Some(p) = cur {
+            if !seen.insert(p) {
+                break;
+            }
+            if let Some(lock) = rules.locks.get(&p)
+                && lock.subtree
+                && &lock.by != user
+            {
+                return Err(forbidden(
+                    Some(node),
+                    field,
+                    format!("subtree locked by {} at {p}", lock.by),
+                ));
+            }
+            cur = self.parent(p);
+        }
+        if let Some(parm) = field.and_then(|f| f.strip_prefix("parm:"))
+            && let Some(users) = rules.grants.get(&node).and_then(|g| g.get(parm))
+            && !users.contains(user)
+        {
+            let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+            return Err(forbidden(
+                Some(node),
+                field,
+                format!("granted to {}", names.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check(
+    doc: &automerge::Automerge,
+    index: &mut events::ObjIndex,
+    changes: &[Change],
+    user: &UserId,
+    role: Role,
+) -> std::result::Result<(), Forbidden> {
+    for c in changes {
+        if let Some(author) = c.author()
+            && author.as_bytes() != user.as_str().as_bytes()
+        {
+            return Err(forbidden(
+                None,
+                None,
+                format!(
+                    "change claims author {:?} but the connection is {user}",
+                    String::from_utf8_lossy(author.as_bytes())
+                ),
+            ));
+        }
+    }
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if role == Role::Viewer {
+        return Err(forbidden(None, None, "viewers cannot edit"));
+    }
+    let view = DocView::new(doc);
+    let rules = read_rules(doc);
+    let mut located = Vec::new();
+    events::walk_ops(doc, index, changes, |op| {
+        let value = match &op.op.action {
+            automerge::legacy::OpType::Put(ScalarValue::Str(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        let is_make = matches!(op.op.action, automerge::legacy::OpType::Make(_));
+        located.push((op.loc, op.key.map(str::to_owned), value, is_make));
+    });
+    // Nodes these changes create: their author owns them.
+    let mut created: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+    for (loc, key, value, is_make) in located {
+        let key = key.as_deref();
+        let parm_field = |p: &str| format!("parm:{p}");
+        match loc {
+            Loc::Root => match key {
+                Some(KEY_SCHEMA | KEY_NODES | KEY_RULES | KEY_CHECKPOINTS)
+                    if role != Role::Admin =>
+                {
+                    return Err(forbidden(
+                        None,
+                        key,
+                        "only an admin may replace the scene's structure",
+                    ));
+                }
+                _ => {}
+            },
+            Loc::Nodes => match key.and_then(|k| k.parse::<NodeId>().ok()) {
+                Some(id) if is_make && !view.exists(id) => {
+                    created.insert(id);
+                }
+                Some(id) if !created.contains(&id) => {
+                    view.check_node(&rules, user, role, id, None)?
+                }
+                _ => {}
+            },
+            Loc::Node(id) | Loc::Field(id, _) if created.contains(&id) => {
+                if let (Some(F_OWNER), Some(owner)) = (key, &value)
+                    && owner != user.as_str()
+                    && role != Role::Admin
+                {
+                    return Err(forbidden(
+                        Some(id),
+                        Some("owner"),
+                        "a new node must be owned by its author",
+                    ));
+                }
+            }
+            Loc::Node(id) => match key {
+                Some(F_OWNER) => view.check_owner_or_admin(user, role, id, "owner")?,
+                k => view.check_node(&rules, user, role, id, k)?,
+            },
+            Loc::Field(id, f) => view.check_node(&rules, user, role, id, Some(&f))?,
+            Loc::Parms(id) | Loc::Parm(id, _) if created.contains(&id) => {}
+            Loc::Parms(id) => {
+                if let Some(p) = key {
+                    view.check_node(&rules, user, role, id, Some(&parm_field(p)))?;
+                }
+            }
+            Loc::Parm(id, p) => view.check_node(&rules, user, role, id, Some(&parm_field(&p)))?,
+            Loc::Rules(RulesLoc::Locks | RulesLoc::Grants) => {
+                if let Some(id) = key.and_then(|k| k.parse().ok())
+                    && !created.contains(&id)
+                {
+                    view.check_owner_or_admin(user, role, id, "rules")?;
+                }
+            }
+            Loc::Rules(RulesLoc::Lock(id) | RulesLoc::Grant(id) | RulesLoc::GrantParm(id, _)) => {
+                if !created.contains(&id) {
+                    view.check_owner_or_admin(user, role, id, "rules")?;
+                }
+            }
+            Loc::Rules(RulesLoc::Root) => {
+                if role != Role::Admin {
+                    return Err(forbidden(
+                        None,
+                        Some("rules"),
+                        "only an admin may restructure the rules",
+                    ));
+                }
+            }
+            Loc::Elsewhere => {}
+        }
+    }
+    Ok(())
 }

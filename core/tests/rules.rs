@@ -227,3 +227,28 @@ fn new_nodes_and_their_locks_in_one_batch_pass() {
     deliver(&mut server, ch);
     assert_eq!(server.rules().locks[&id].by, user("bob"));
 }
+
+#[test]
+fn a_rule_checker_works_on_a_bare_document_like_the_server_holds() {
+    use tandem_core::RuleChecker;
+    use tandem_core::automerge::Automerge;
+    let id = NodeId::new_v4();
+    let (mut server, mut alice, _) = room(&[cube(id)]);
+    alice.lock(id, false, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bare = Automerge::load(&server.save().unwrap()).unwrap();
+    let mut checker = RuleChecker::new();
+    let mut bob = SceneDoc::load(&bare.save(), user("bob")).unwrap();
+    set_x(&mut bob, id, 2.0);
+    bob.commit(None).unwrap();
+    let ch = bob.changes_since(&bare.get_heads());
+    let err = checker.check(&bare, &ch, &user("bob"), Role::Editor).unwrap_err();
+    assert_eq!(err.rule, "locked by alice");
+    // Alice's edit passes and applies.
+    set_x(&mut alice, id, 3.0);
+    alice.commit(None).unwrap();
+    let ch = alice.changes_since(&bare.get_heads());
+    checker.check(&bare, &ch, &user("alice"), Role::Editor).unwrap();
+    bare.apply_changes(ch).unwrap();
+}
