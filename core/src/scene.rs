@@ -79,12 +79,14 @@ pub struct DiffReport {
     pub removed: usize,
     /// Fields (name, parent, order, one parm, one input, ...) of existing nodes that differ.
     pub changed: usize,
+    /// Edits the rules refuse (left out; see [`SceneDoc::refusals`]).
+    pub refused: usize,
 }
 
 impl DiffReport {
     /// True when the host matched the scene exactly.
     pub fn is_empty(&self) -> bool {
-        self.created == 0 && self.removed == 0 && self.changed == 0
+        self.created == 0 && self.removed == 0 && self.changed == 0 && self.refused == 0
     }
 }
 
@@ -103,6 +105,10 @@ pub struct SceneDoc {
     pub(crate) index: ObjIndex,
     /// Own undo/redo (see `history`).
     pub(crate) undo: crate::history::UndoStacks,
+    /// This replica's role; diffs leave out what the rules refuse it.
+    pub(crate) role: crate::rules::Role,
+    /// What the last diff left out, and why.
+    pub(crate) refusals: Vec<crate::rules::Forbidden>,
 }
 
 fn genesis() -> Result<Automerge> {
@@ -163,6 +169,8 @@ impl SceneDoc {
             last_edit_ms: 0,
             index: ObjIndex::default(),
             undo: Default::default(),
+            role: crate::rules::Role::Editor,
+            refusals: Vec::new(),
         };
         this.entries = this.read_all();
         Ok(this)
@@ -304,6 +312,15 @@ impl SceneDoc {
         check_unique(nodes)?;
         self.refresh_tree();
         let mut report = DiffReport::default();
+        let (allowed, allowed_removed);
+        let (nodes, removed) = match self.refuse(nodes, removed) {
+            None => (nodes, removed),
+            Some((n, r)) => {
+                report.refused = self.refusals.len();
+                (allowed, allowed_removed) = (n, r);
+                (allowed.as_slice(), allowed_removed.as_slice())
+            }
+        };
         let mut last_key: HashMap<Option<NodeId>, String> = HashMap::new();
         for h in nodes {
             self.diff_one(h, &mut last_key, &mut report);
@@ -334,6 +351,78 @@ impl SceneDoc {
             self.last_edit_ms = self.last_edit_ms.max(now_ms);
         }
         Ok(report)
+    }
+
+    /// Sets the role this replica edits with (as the server granted it); diffs then leave
+    /// out what the rules refuse, so honest users rarely meet a server rejection.
+    pub fn set_role(&mut self, role: crate::rules::Role) {
+        self.role = role;
+    }
+
+    /// What the last diff left out because the rules refuse it.
+    pub fn refusals(&self) -> &[crate::rules::Forbidden] {
+        &self.refusals
+    }
+
+    /// The host's edits with everything the rules refuse left out; `None` when nothing
+    /// needs filtering (admins, or no locks and grants).
+    #[allow(clippy::type_complexity)]
+    fn refuse(&mut self, nodes: &[Node], removed: &[NodeId]) -> Option<(Vec<Node>, Vec<NodeId>)> {
+        use crate::rules::Role;
+        self.refusals.clear();
+        if self.role == Role::Admin {
+            return None;
+        }
+        let rules = self.rules();
+        if self.role == Role::Editor && rules.locks.is_empty() && rules.grants.is_empty() {
+            return None;
+        }
+        let mut keep = Vec::with_capacity(nodes.len());
+        for h in nodes {
+            let Some(cur) = self.entries.get(&h.id).map(|e| &e.node) else {
+                match self.may_edit(&self.user, self.role, h.id, None) {
+                    Err(f) if self.role == Role::Viewer => self.refusals.push(f),
+                    _ => keep.push(h.clone()),
+                }
+                continue;
+            };
+            if !differs(cur, h, self.tree.parent(h.id)) {
+                keep.push(h.clone());
+                continue;
+            }
+            if let Err(f) = self.may_edit(&self.user, self.role, h.id, None) {
+                // A lock refuses the whole node; grants are per parm, below.
+                if !f.rule.starts_with("granted") {
+                    self.refusals.push(f);
+                    continue;
+                }
+            }
+            let mut h2 = h.clone();
+            let keys: BTreeSet<&String> = h.parms.keys().chain(cur.parms.keys()).collect();
+            for k in keys {
+                if h.parms.get(k) == cur.parms.get(k) {
+                    continue;
+                }
+                if let Err(f) =
+                    self.may_edit(&self.user, self.role, h.id, Some(&format!("parm:{k}")))
+                {
+                    self.refusals.push(f);
+                    match cur.parms.get(k) {
+                        Some(v) => h2.parms.insert(k.clone(), v.clone()),
+                        None => h2.parms.remove(k),
+                    };
+                }
+            }
+            keep.push(h2);
+        }
+        let mut keep_removed = Vec::with_capacity(removed.len());
+        for &id in removed {
+            match self.may_edit(&self.user, self.role, id, None) {
+                Err(f) if self.entries.contains_key(&id) => self.refusals.push(f),
+                _ => keep_removed.push(id),
+            }
+        }
+        Some((keep, keep_removed))
     }
 
     fn next_order(

@@ -67,6 +67,7 @@ fn a_locked_node_refuses_other_editors_but_not_its_holder_or_admins() {
     deliver(&mut server, lock.clone());
     deliver(&mut bob, lock);
 
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
     set_x(&mut bob, id, 7.0);
     let ch = outgoing(&mut bob, &server);
     let err = server
@@ -103,6 +104,7 @@ fn a_subtree_lock_covers_descendants() {
     let ch = outgoing(&mut alice, &server);
     deliver(&mut server, ch);
     let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
     set_x(&mut bob, arm, 1.0);
     let ch = outgoing(&mut bob, &server);
     let err = server
@@ -148,6 +150,7 @@ fn a_grant_gives_one_user_sole_control_of_a_parm() {
     let base = server.save().unwrap();
 
     let mut bob = SceneDoc::load(&base, user("bob")).unwrap();
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
     let n = bob.node(cam).unwrap().with_parm("lens", Value::Float(50.0));
     bob.diff_nodes(&[n], &[], 6).unwrap();
     let ch = outgoing(&mut bob, &server);
@@ -240,15 +243,66 @@ fn a_rule_checker_works_on_a_bare_document_like_the_server_holds() {
     let mut bare = Automerge::load(&server.save().unwrap()).unwrap();
     let mut checker = RuleChecker::new();
     let mut bob = SceneDoc::load(&bare.save(), user("bob")).unwrap();
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
     set_x(&mut bob, id, 2.0);
     bob.commit(None).unwrap();
     let ch = bob.changes_since(&bare.get_heads());
-    let err = checker.check(&bare, &ch, &user("bob"), Role::Editor).unwrap_err();
+    let err = checker
+        .check(&bare, &ch, &user("bob"), Role::Editor)
+        .unwrap_err();
     assert_eq!(err.rule, "locked by alice");
     // Alice's edit passes and applies.
     set_x(&mut alice, id, 3.0);
     alice.commit(None).unwrap();
     let ch = alice.changes_since(&bare.get_heads());
-    checker.check(&bare, &ch, &user("alice"), Role::Editor).unwrap();
+    checker
+        .check(&bare, &ch, &user("alice"), Role::Editor)
+        .unwrap();
     bare.apply_changes(ch).unwrap();
+}
+
+#[test]
+fn a_client_refuses_forbidden_edits_locally_and_says_why() {
+    let id = NodeId::new_v4();
+    let cam = NodeId::new_v4();
+    let (mut server, mut alice, _) =
+        room(&[cube(id), cube(cam).with_parm("lens", Value::Float(35.0))]);
+    alice.lock(id, false, Role::Editor, 5).unwrap();
+    alice
+        .grant(cam, "lens", &[user("alice")], Role::Editor, 6)
+        .unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    let heads = bob.heads();
+    let locked = bob.node(id).unwrap().with_parm("x", Value::Float(5.0));
+    let cam_edit = bob
+        .node(cam)
+        .unwrap()
+        .with_parm("lens", Value::Float(50.0))
+        .with_parm("x", Value::Float(1.0));
+    let report = bob.diff_nodes(&[locked, cam_edit], &[], 7).unwrap();
+    assert_eq!(
+        (report.refused, report.changed),
+        (2, 1),
+        "{:?}",
+        bob.refusals()
+    );
+    assert_eq!(bob.refusals()[0].rule, "locked by alice");
+    assert_eq!(bob.refusals()[1].rule, "granted to alice");
+    bob.commit(None).unwrap();
+    let ch = bob.changes_since(&heads);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+    assert_eq!(bob.node(cam).unwrap().parms["lens"], Value::Float(35.0));
+
+    // A viewer's replica writes nothing at all.
+    let mut viewer = SceneDoc::load(&server.save().unwrap(), user("vic")).unwrap();
+    viewer.set_role(Role::Viewer);
+    let r = viewer
+        .diff_nodes(&[cube(NodeId::new_v4())], &[id], 8)
+        .unwrap();
+    assert_eq!((r.created, r.removed, r.refused), (0, 0, 2));
+    assert!(!viewer.has_pending());
 }
