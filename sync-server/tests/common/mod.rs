@@ -154,7 +154,7 @@ impl Binary {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A document replica on the test client.
 pub struct Replica {
