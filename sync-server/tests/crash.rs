@@ -56,7 +56,13 @@ async fn kill_9_while_streaming_never_loses_an_acknowledged_change() {
     let mut doc: Option<DocumentId> = None;
     let n = loops();
     for round in 0..n {
-        let bin = Binary::start(&data, &tmp.path().join(format!("log{round}.txt")));
+        // A small compaction threshold so snapshots (not only appends) are written, and
+        // interrupted, under the kills too.
+        let bin = Binary::start_with_args(
+            &data,
+            &tmp.path().join(format!("log{round}.txt")),
+            &["--min-compact-bytes", "16384"],
+        );
         let url = bin.url("crash");
         let mut writer = match &doc {
             None => {

@@ -109,10 +109,15 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(data: &Path, log: &Path) -> Self {
+        Self::start_with_args(data, log, &[])
+    }
+
+    pub fn start_with_args(data: &Path, log: &Path, extra: &[&str]) -> Self {
         let logf = std::fs::File::create(log).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(logf))
