@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ChangeHash, ROOT, ScalarValue, hydrate};
+use automerge::{AutoCommit, ChangeHash, ROOT, ReadDoc, ScalarValue, hydrate};
 use futures_util::{SinkExt, StreamExt};
 use tandem_core::wire::{
     DocumentId, Join, Message, PeerId, PeerMetadata, SyncMessage, TandemHello,
@@ -266,13 +266,13 @@ async fn bench_acks(
                     else {
                         break;
                     };
-                    if let Ok(Message::TandemAck(a)) = tandem_core::wire::decode(&b) {
-                        if let Some(t) = a.request_id.and_then(|r| sent2.lock().ok()?.remove(&r)) {
-                            lat.lock()
-                                .map_err(|_| "poisoned")?
-                                .push(t.elapsed().as_secs_f64() * 1e3);
-                            got += 1;
-                        }
+                    if let Ok(Message::TandemAck(a)) = tandem_core::wire::decode(&b)
+                        && let Some(t) = a.request_id.and_then(|r| sent2.lock().ok()?.remove(&r))
+                    {
+                        lat.lock()
+                            .map_err(|_| "poisoned")?
+                            .push(t.elapsed().as_secs_f64() * 1e3);
+                        got += 1;
                     }
                 }
                 Res::Ok(())
@@ -359,7 +359,7 @@ async fn bench_propagation(
     server: &ServerProc,
     room: &str,
     id: &DocumentId,
-    scene: &AutoCommit,
+    scene: &mut AutoCommit,
     clients: usize,
     hz: f64,
     seconds: f64,
@@ -391,19 +391,18 @@ async fn bench_propagation(
                 continue;
             };
             let now = Instant::now();
-            if let Ok(Message::Sync(s)) = tandem_core::wire::decode(&bytes) {
-                if let Ok(m) = sync::Message::decode(&s.data) {
-                    for chunk in m.changes.iter() {
-                        if let Ok(c) = automerge::Change::try_from(chunk) {
-                            if let Some(t0) =
-                                probes_b.lock().ok().and_then(|mut p| p.remove(&c.hash()))
-                            {
-                                if let Ok(mut l) = lat_b.lock() {
-                                    l.push((now - t0).as_secs_f64() * 1e3);
-                                }
-                            }
-                        }
-                    }
+            let Ok(Message::Sync(s)) = tandem_core::wire::decode(&bytes) else {
+                continue;
+            };
+            let Ok(m) = sync::Message::decode(&s.data) else {
+                continue;
+            };
+            for chunk in m.changes.iter() {
+                if let Ok(c) = automerge::Change::try_from(chunk)
+                    && let Some(t0) = probes_b.lock().ok().and_then(|mut p| p.remove(&c.hash()))
+                    && let Ok(mut l) = lat_b.lock()
+                {
+                    l.push((now - t0).as_secs_f64() * 1e3);
                 }
             }
         }
@@ -507,7 +506,8 @@ async fn run() -> Res<()> {
     let warm = late_join(&server, "scene10k", &id, &heads).await?;
     let rss_10k = server.rss_bytes();
     println!("| late join, 10k nodes, server warm | {warm:.0} ms | | 1 |");
-    let (p50, p99, n) = bench_propagation(&server, "scene10k", &id, &scene, 50, 60.0, 5.0).await?;
+    let (p50, p99, n) =
+        bench_propagation(&server, "scene10k", &id, &mut scene, 50, 60.0, 5.0).await?;
     println!(
         "| propagation A→server→B, 50 clients × 60 Hz, 10k nodes | {p50:.3} ms | {p99:.3} ms | {n} |"
     );

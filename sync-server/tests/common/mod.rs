@@ -237,15 +237,13 @@ impl Client {
             next_request: 1,
             tandem,
         };
-        loop {
-            match c.next_message().await {
-                Some(Message::Peer(p)) => {
-                    c.server_peer = p.sender_id;
-                    return c;
-                }
-                Some(other) => panic!("expected peer, got {other:?}"),
-                None => panic!("closed during handshake: {:?}", c.closed),
+        match c.next_message().await {
+            Some(Message::Peer(p)) => {
+                c.server_peer = p.sender_id;
+                c
             }
+            Some(other) => panic!("expected peer, got {other:?}"),
+            None => panic!("closed during handshake: {:?}", c.closed),
         }
     }
 
