@@ -380,6 +380,23 @@ impl Scene {
         self.wait_until(timeout, |i, _| i.saved_on_server())
     }
 
+    /// Blocks until this replica holds every change in `heads` (hex hashes, e.g. another
+    /// replica's [`heads`](Self::heads)) or `timeout` passes; returns which. Unparsable
+    /// hashes are an error.
+    pub fn wait_heads(&self, heads: &[String], timeout: Duration) -> Result<bool> {
+        let want: Vec<ChangeHash> = heads
+            .iter()
+            .map(|h| {
+                h.parse()
+                    .map_err(|_| Error::InvalidArgument(format!("not a change hash: {h:?}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(self.wait_until(timeout, |i, _| {
+            want.iter()
+                .all(|h| i.scene.doc().get_change_by_hash(h).is_some())
+        }))
+    }
+
     /// Publishes my presence in this scene (selection, camera, frame... any JSON).
     pub fn set_presence(&self, state: serde_json::Value) {
         self.doc.lock().presence_mine = Some(state);

@@ -337,6 +337,27 @@ impl Session {
         }
     }
 
+    /// Blocks until the connection is in `state` or `timeout` passes; returns which.
+    pub fn wait_state(&self, state: ConnectionState, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = lock(&self.shared.status);
+        loop {
+            if s.state == state {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            s = self
+                .shared
+                .status_cv
+                .wait_timeout(s, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     /// Opens the room's main scene (`doc_id = None`) or a given document, loading its local
     /// replica if there is one. Never waits for the network.
     pub fn open_scene(&self, doc_id: Option<&str>) -> Result<Scene> {
