@@ -20,15 +20,30 @@ create_exception!(
     PyException,
     "Base class of every error raised by tandem."
 );
-create_exception!(_tandem, InvalidUrl, TandemError, "The server URL is not ws:// or wss://.");
-create_exception!(_tandem, Unreachable, TandemError, "The server could not be reached.");
+create_exception!(
+    _tandem,
+    InvalidUrl,
+    TandemError,
+    "The server URL is not ws:// or wss://."
+);
+create_exception!(
+    _tandem,
+    Unreachable,
+    TandemError,
+    "The server could not be reached."
+);
 create_exception!(
     _tandem,
     VersionMismatch,
     TandemError,
     "The server speaks an incompatible protocol version."
 );
-create_exception!(_tandem, Protocol, TandemError, "The server refused or broke the protocol.");
+create_exception!(
+    _tandem,
+    Protocol,
+    TandemError,
+    "The server refused or broke the protocol."
+);
 create_exception!(
     _tandem,
     ServerRefused,
@@ -47,7 +62,12 @@ create_exception!(
     TandemError,
     "The scene refused the host's input (bad node, value or duplicate id)."
 );
-create_exception!(_tandem, InvalidArgument, TandemError, "An invalid argument.");
+create_exception!(
+    _tandem,
+    InvalidArgument,
+    TandemError,
+    "An invalid argument."
+);
 create_exception!(_tandem, Closed, TandemError, "The session is closed.");
 
 fn err(e: client::Error) -> PyErr {
@@ -100,10 +120,18 @@ fn to_json(obj: &Bound<'_, PyAny>) -> PyResult<Json> {
         return Ok(Json::Object(m));
     }
     if let Ok(l) = obj.cast::<PyList>() {
-        return l.iter().map(|v| to_json(&v)).collect::<PyResult<_>>().map(Json::Array);
+        return l
+            .iter()
+            .map(|v| to_json(&v))
+            .collect::<PyResult<_>>()
+            .map(Json::Array);
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
-        return t.iter().map(|v| to_json(&v)).collect::<PyResult<_>>().map(Json::Array);
+        return t
+            .iter()
+            .map(|v| to_json(&v))
+            .collect::<PyResult<_>>()
+            .map(Json::Array);
     }
     if let Ok(d) = obj.getattr("__dict__") {
         return to_json(&d);
@@ -173,7 +201,9 @@ fn nodes_from(obj: &Bound<'_, PyAny>) -> PyResult<(Vec<client::Node>, bool)> {
 
 fn secs(t: f64) -> PyResult<Duration> {
     if !(t.is_finite() && t >= 0.0) {
-        return Err(PyValueError::new_err("timeout must be a finite number of seconds >= 0"));
+        return Err(PyValueError::new_err(
+            "timeout must be a finite number of seconds >= 0",
+        ));
     }
     Ok(Duration::from_secs_f64(t))
 }
@@ -287,7 +317,11 @@ impl Session {
     /// Chat lines received since the last call: dicts with ``id``, ``user``, ``text``,
     /// ``timestamp`` (ms).
     fn drain_chat(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        self.inner.drain_chat().iter().map(|l| chat_dict(py, l)).collect()
+        self.inner
+            .drain_chat()
+            .iter()
+            .map(|l| chat_dict(py, l))
+            .collect()
     }
 
     /// Blocks (GIL released) until a new chat line arrives or ``timeout``; then drains.
@@ -300,7 +334,11 @@ impl Session {
 
     /// Every chat line seen so far (the server replays recent history on join).
     fn chat_history(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
-        self.inner.chat_history().iter().map(|l| chat_dict(py, l)).collect()
+        self.inner
+            .chat_history()
+            .iter()
+            .map(|l| chat_dict(py, l))
+            .collect()
     }
 
     /// Goes offline on purpose; edits keep working locally until :meth:`reconnect`.
@@ -410,7 +448,8 @@ impl Scene {
     /// change hash, or ``None`` if nothing was pending.
     #[pyo3(signature = (message = None))]
     fn commit(&self, py: Python<'_>, message: Option<String>) -> PyResult<Option<String>> {
-        py.detach(|| self.inner.commit(message.as_deref())).map_err(err)
+        py.detach(|| self.inner.commit(message.as_deref()))
+            .map_err(err)
     }
 
     /// Commits only if the oldest pending edit is at least ``interval`` seconds old; call
@@ -558,7 +597,11 @@ impl Scene {
     }
 
     fn __repr__(&self) -> String {
-        format!("<tandem.Scene id={} nodes={}>", self.inner.id(), self.inner.len())
+        format!(
+            "<tandem.Scene id={} nodes={}>",
+            self.inner.id(),
+            self.inner.len()
+        )
     }
 }
 
