@@ -1,0 +1,643 @@
+//! The session's network task: dial, handshake, pump frames, reconnect.
+//!
+//! One task per session owns the socket. It reacts to frames from the server, to commands
+//! from the host's handles (`Flush` after a commit, `Open`, `Presence`, `Chat`, `Online`,
+//! `Close`) and to two timers (ping, presence refresh). Document state lives in
+//! [`DocShared`](crate::scene::DocShared) behind a mutex that is never held across an
+//! `.await`: each handler locks, computes the frames to send, unlocks, then sends.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use automerge::sync;
+use ciborium::Value as Cbor;
+use futures_util::{SinkExt, StreamExt};
+use tandem_core::wire::{
+    self, ChatMessage, DocumentId, Ephemeral, ErrorCode, Join, Message, PROTOCOL_VERSION, PeerId,
+    PeerMetadata, SyncMessage, TandemHello,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::scene::{DocShared, PeerPresence};
+use crate::session::{ChatLine, ConnectionState, SessionShared, lock};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the host's handles ask of the network task.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    /// New local changes in this document: send them.
+    Flush(DocumentId),
+    /// A document was opened: announce it.
+    Open(DocumentId),
+    /// My presence in this document changed.
+    Presence(DocumentId),
+    /// Send a chat line.
+    Chat(String),
+    /// Go online (`true`, also "retry now") or offline on purpose (`false`).
+    Online(bool),
+    /// Stop for good.
+    Close,
+}
+
+enum End {
+    Closed,
+    Offline,
+    Lost(String),
+    Fatal(Error),
+}
+
+/// Runs until the session is closed.
+pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+    let o = &shared.opts;
+    let mut backoff = Backoff::new(o.backoff_base, o.backoff_max);
+    let mut online = true;
+    loop {
+        if online {
+            shared.set_state(ConnectionState::Connecting, None);
+            match dial(&shared).await {
+                Ok((ws, server)) => {
+                    backoff.reset();
+                    shared.counters.connects.fetch_add(1, Relaxed);
+                    shared.set_state(ConnectionState::Connected, None);
+                    tracing::info!(room = %shared.url.room, "connected");
+                    let mut conn = Conn {
+                        ws,
+                        shared: shared.clone(),
+                        server,
+                    };
+                    let end = conn.serve(&mut cmds).await;
+                    after_disconnect(&shared);
+                    match end {
+                        End::Closed => {
+                            shared.set_state(ConnectionState::Closed, None);
+                            return;
+                        }
+                        End::Offline => online = false,
+                        End::Lost(reason) => {
+                            tracing::info!(room = %shared.url.room, %reason, "connection lost");
+                            shared.set_state(ConnectionState::Offline, Some(reason));
+                        }
+                        End::Fatal(e) => {
+                            fatal(&shared, e);
+                            online = false;
+                        }
+                    }
+                }
+                Err(e @ (Error::VersionMismatch(_) | Error::Protocol(_))) => {
+                    fatal(&shared, e);
+                    online = false;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "connect failed");
+                    shared.set_state(ConnectionState::Offline, Some(e.to_string()));
+                }
+            }
+        }
+        if !online && shared.state() != ConnectionState::Incompatible {
+            shared.set_state(ConnectionState::Offline, None);
+        }
+        let delay = online.then(|| backoff.next_delay());
+        let sleep = tokio::time::sleep(delay.unwrap_or(Duration::from_secs(3600)));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep, if delay.is_some() => break,
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Cmd::Close) => {
+                        shared.set_state(ConnectionState::Closed, None);
+                        return;
+                    }
+                    Some(Cmd::Online(true)) => { online = true; backoff.reset(); break; }
+                    Some(Cmd::Online(false)) => {
+                        online = false;
+                        shared.set_state(ConnectionState::Offline, None);
+                        break;
+                    }
+                    Some(Cmd::Chat(t)) => lock(&shared.chat).outbox.push(t),
+                    Some(_) => {} // documents are announced in full on connect
+                }
+            }
+        }
+    }
+}
+
+fn fatal(shared: &SessionShared, e: Error) {
+    tracing::warn!(error = %e, "server refused this client; not retrying");
+    let text = e.to_string();
+    lock(&shared.status).fatal = Some(e);
+    shared.set_state(ConnectionState::Incompatible, Some(text));
+}
+
+/// Forget per-connection sync state (keeping what we know the server has) and write it.
+fn after_disconnect(shared: &SessionShared) {
+    for d in shared.open_docs() {
+        let mut i = d.lock();
+        i.sync = sync::State::decode(&i.sync.encode()).unwrap_or_default();
+        i.announced = false;
+        i.state_dirty = true;
+        if let Err(e) = i.persist(false) {
+            tracing::warn!(error = %e, "writing sync state failed");
+        }
+        drop(i);
+        d.cv.notify_all();
+    }
+}
+
+fn map_ws_error(e: WsError) -> Error {
+    match e {
+        WsError::Io(e) => Error::Unreachable(e.to_string()),
+        WsError::Http(resp) => Error::Protocol(format!(
+            "the server answered HTTP {} instead of a WebSocket upgrade",
+            resp.status()
+        )),
+        WsError::Url(e) => Error::Unreachable(e.to_string()),
+        other => Error::Unreachable(other.to_string()),
+    }
+}
+
+async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId), Error> {
+    let o = &shared.opts;
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(512 << 20))
+        .max_frame_size(Some(512 << 20));
+    let url = shared.url.to_url();
+    let deadline = o.connect_timeout;
+    let (mut ws, _) = timeout(
+        deadline,
+        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), true),
+    )
+    .await
+    .map_err(|_| Error::Unreachable(format!("no answer from {url} within {deadline:?}")))?
+    .map_err(map_ws_error)?;
+    let join = Message::Join(Join {
+        sender_id: shared.peer_id.clone(),
+        supported_protocol_versions: vec![PROTOCOL_VERSION.into()],
+        peer_metadata: Some(PeerMetadata {
+            storage_id: None,
+            is_ephemeral: false,
+            tandem: Some(TandemHello {
+                version: o.tandem_version,
+                user: Some(shared.user.as_str().to_owned()),
+                token: o.token.clone(),
+                room: None,
+            }),
+        }),
+    })
+    .encode();
+    count_out(shared, join.len());
+    timeout(deadline, ws.send(WsMessage::Binary(join.into())))
+        .await
+        .map_err(|_| Error::Unreachable("handshake timed out".into()))?
+        .map_err(map_ws_error)?;
+    let answer = timeout(deadline, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(WsMessage::Binary(b))) => return Ok(b),
+                Some(Ok(WsMessage::Close(f))) => {
+                    return Err(Error::Protocol(format!(
+                        "the server closed the connection during the handshake{}",
+                        f.map(|f| format!(": {} {}", u16::from(f.code), f.reason))
+                            .unwrap_or_default()
+                    )));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(map_ws_error(e)),
+                None => return Err(Error::Unreachable("connection closed in handshake".into())),
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::Unreachable("no handshake answer".into()))??;
+    count_in(shared, answer.len());
+    match wire::decode(&answer) {
+        Ok(Message::Peer(p)) => {
+            let tandem = p.peer_metadata.and_then(|m| m.tandem);
+            match tandem {
+                Some(t) if t.version == o.tandem_version => Ok((ws, p.sender_id)),
+                Some(t) => Err(Error::VersionMismatch(format!(
+                    "server speaks tandem extension version {}, this client {}",
+                    t.version, o.tandem_version
+                ))),
+                None => Err(Error::VersionMismatch(
+                    "the server does not speak Tandem's extensions (a plain automerge-repo server?)"
+                        .into(),
+                )),
+            }
+        }
+        Ok(Message::Error { message }) => {
+            if message.starts_with(ErrorCode::VersionMismatch.as_str()) {
+                Err(Error::VersionMismatch(message))
+            } else {
+                Err(Error::Protocol(message))
+            }
+        }
+        Ok(other) => Err(Error::Protocol(format!(
+            "expected a peer message, got {}",
+            other.kind()
+        ))),
+        Err(e) => Err(Error::Protocol(format!(
+            "undecodable handshake answer: {e}"
+        ))),
+    }
+}
+
+fn count_in(shared: &SessionShared, n: usize) {
+    shared.counters.bytes_in.fetch_add(n as u64, Relaxed);
+    shared.counters.frames_in.fetch_add(1, Relaxed);
+}
+
+fn count_out(shared: &SessionShared, n: usize) {
+    shared.counters.bytes_out.fetch_add(n as u64, Relaxed);
+    shared.counters.frames_out.fetch_add(1, Relaxed);
+}
+
+fn presence_payload(user: &str, state: &serde_json::Value) -> Vec<u8> {
+    let v = Cbor::Map(vec![
+        (Cbor::Text("user".into()), Cbor::Text(user.into())),
+        (Cbor::Text("presence".into()), Cbor::Text(state.to_string())),
+    ]);
+    let mut out = Vec::new();
+    let _ = ciborium::ser::into_writer(&v, &mut out);
+    out
+}
+
+fn parse_presence(data: &[u8]) -> Option<(String, serde_json::Value)> {
+    let v: Cbor = ciborium::de::from_reader(data).ok()?;
+    let Cbor::Map(entries) = v else { return None };
+    let mut user = None;
+    let mut state = None;
+    for (k, v) in entries {
+        match (k.as_text(), v) {
+            (Some("user"), Cbor::Text(u)) => user = Some(u),
+            (Some("presence"), Cbor::Text(s)) => state = serde_json::from_str(&s).ok(),
+            _ => {}
+        }
+    }
+    Some((
+        user.unwrap_or_default(),
+        state.unwrap_or(serde_json::Value::Null),
+    ))
+}
+
+struct Conn {
+    ws: Ws,
+    shared: Arc<SessionShared>,
+    server: PeerId,
+}
+
+type Step = Result<(), End>;
+
+impl Conn {
+    async fn send(&mut self, m: Message) -> Step {
+        let bytes = m.encode();
+        count_out(&self.shared, bytes.len());
+        match timeout(
+            self.shared.opts.idle_timeout,
+            self.ws.send(WsMessage::Binary(bytes.into())),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Lost(format!("send failed: {e}"))),
+            Err(_) => Err(End::Lost("send timed out".into())),
+        }
+    }
+
+    async fn send_all(&mut self, ms: Vec<Message>) -> Step {
+        for m in ms {
+            self.send(m).await?;
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> End {
+        match self.serve_inner(cmds).await {
+            Ok(()) => End::Closed,
+            Err(e) => e,
+        }
+    }
+
+    async fn serve_inner(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> Step {
+        for d in self.shared.open_docs() {
+            self.announce(&d).await?;
+        }
+        let outbox = std::mem::take(&mut lock(&self.shared.chat).outbox);
+        for t in outbox {
+            self.send_chat(t).await?;
+        }
+        let o = self.shared.opts.clone();
+        let mut ping = tokio::time::interval_at(Instant::now() + o.ping_interval, o.ping_interval);
+        let mut presence =
+            tokio::time::interval_at(Instant::now() + o.presence_interval, o.presence_interval);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                frame = self.ws.next() => match frame {
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        last_heard = Instant::now();
+                        count_in(&self.shared, b.len());
+                        self.receive(&b).await?;
+                    }
+                    Some(Ok(WsMessage::Close(f))) => {
+                        return Err(End::Lost(format!(
+                            "the server closed the connection{}",
+                            f.map(|f| format!(": {} {}", u16::from(f.code), f.reason)).unwrap_or_default()
+                        )));
+                    }
+                    Some(Ok(_)) => last_heard = Instant::now(),
+                    Some(Err(e)) => return Err(End::Lost(e.to_string())),
+                    None => return Err(End::Lost("the connection ended".into())),
+                },
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Cmd::Close) => {
+                        let _ = self.send(Message::Leave { sender_id: self.shared.peer_id.clone() }).await;
+                        let _ = timeout(Duration::from_secs(1), self.ws.close(None)).await;
+                        return Ok(());
+                    }
+                    Some(Cmd::Online(false)) => {
+                        let _ = timeout(Duration::from_secs(1), self.ws.close(None)).await;
+                        return Err(End::Offline);
+                    }
+                    Some(Cmd::Online(true)) => {}
+                    Some(Cmd::Flush(id)) => {
+                        if let Some(d) = self.shared.doc(&id) {
+                            self.flush(&d).await?;
+                        }
+                    }
+                    Some(Cmd::Open(id)) => {
+                        if let Some(d) = self.shared.doc(&id) {
+                            self.announce(&d).await?;
+                        }
+                    }
+                    Some(Cmd::Presence(id)) => {
+                        if let Some(d) = self.shared.doc(&id) {
+                            self.send_presence(&d).await?;
+                        }
+                    }
+                    Some(Cmd::Chat(t)) => self.send_chat(t).await?,
+                },
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > o.idle_timeout {
+                        return Err(End::Lost("the server went silent".into()));
+                    }
+                    if timeout(o.idle_timeout, self.ws.send(WsMessage::Ping(Vec::new().into()))).await.is_err() {
+                        return Err(End::Lost("ping timed out".into()));
+                    }
+                }
+                _ = presence.tick() => {
+                    for d in self.shared.open_docs() {
+                        {
+                            let mut i = d.lock();
+                            let ttl = o.presence_ttl;
+                            let before = i.others.len();
+                            i.others.retain(|_, p| p.seen.elapsed() <= ttl);
+                            if i.others.len() != before {
+                                d.cv.notify_all();
+                            }
+                        }
+                        self.send_presence(&d).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_frames(&self, d: &DocShared) -> Vec<Message> {
+        let mut guard = d.lock();
+        let i = &mut *guard;
+        let kind_request = i.ask_first;
+        let mut out = Vec::new();
+        while let Some(m) = i.scene.generate_sync_message(&mut i.sync) {
+            let sm = SyncMessage {
+                sender_id: self.shared.peer_id.clone(),
+                target_id: self.server.clone(),
+                document_id: d.id.clone(),
+                data: m.encode(),
+                request_id: Some(self.shared.request_id()),
+            };
+            out.push(if kind_request {
+                Message::Request(sm)
+            } else {
+                Message::Sync(sm)
+            });
+            if out.len() >= 4 {
+                break;
+            }
+        }
+        out
+    }
+
+    async fn announce(&mut self, d: &DocShared) -> Step {
+        {
+            let mut i = d.lock();
+            if i.announced {
+                return Ok(());
+            }
+            i.announced = true;
+            if let Err(e) = i.commit_logged(None) {
+                tracing::warn!(error = %e, "committing before announce failed");
+            }
+        }
+        let frames = self.sync_frames(d);
+        self.send_all(frames).await?;
+        self.send_presence(d).await
+    }
+
+    async fn flush(&mut self, d: &DocShared) -> Step {
+        if !d.lock().announced {
+            return self.announce(d).await;
+        }
+        let frames = self.sync_frames(d);
+        self.send_all(frames).await
+    }
+
+    async fn send_presence(&mut self, d: &DocShared) -> Step {
+        let msg = {
+            let mut i = d.lock();
+            let Some(state) = i.presence_mine.clone() else {
+                return Ok(());
+            };
+            i.presence_count += 1;
+            Message::Ephemeral(Ephemeral {
+                sender_id: self.shared.peer_id.clone(),
+                target_id: self.server.clone(),
+                count: i.presence_count,
+                session_id: self.shared.ephemeral_session.clone(),
+                document_id: d.id.clone(),
+                data: presence_payload(self.shared.user.as_str(), &state),
+            })
+        };
+        self.send(msg).await
+    }
+
+    async fn send_chat(&mut self, text: String) -> Step {
+        let request_id = Some(self.shared.request_id());
+        self.send(Message::TandemChat(ChatMessage {
+            id: None,
+            user: None,
+            text,
+            timestamp: None,
+            request_id,
+        }))
+        .await
+    }
+
+    async fn receive(&mut self, bytes: &[u8]) -> Step {
+        let m = match wire::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable frame from the server; ignored");
+                return Ok(());
+            }
+        };
+        match m {
+            Message::Sync(m) | Message::Request(m) => {
+                let Some(d) = self.shared.doc(&m.document_id) else {
+                    return Ok(());
+                };
+                let frames = self.apply_sync(&d, &m.data);
+                d.cv.notify_all();
+                self.send_all(frames).await?;
+            }
+            Message::DocUnavailable { document_id, .. } => {
+                if let Some(d) = self.shared.doc(&document_id) {
+                    let mut i = d.lock();
+                    i.on_server = Some(false);
+                    // Start over: our next message (after a local edit) creates the document.
+                    i.sync = sync::State::new();
+                    drop(i);
+                    d.cv.notify_all();
+                }
+            }
+            Message::TandemAck(a) => {
+                let Some(d) = self.shared.doc(&a.document_id) else {
+                    return Ok(());
+                };
+                let heads: Vec<automerge::ChangeHash> =
+                    a.heads.iter().filter_map(|h| h.parse().ok()).collect();
+                let mut i = d.lock();
+                i.acked = heads;
+                i.state_dirty = true;
+                i.update_saved();
+                drop(i);
+                d.cv.notify_all();
+            }
+            Message::TandemError(e) => {
+                let text = format!("{}: {}", e.code.as_str(), e.message);
+                tracing::info!(error = %text, "server reported an error");
+                match e.document_id.and_then(|id| self.shared.doc(&id)) {
+                    Some(d) => {
+                        let mut i = d.lock();
+                        if e.code == ErrorCode::UnknownDoc {
+                            i.on_server = Some(false);
+                        }
+                        i.last_error = Some(text);
+                        drop(i);
+                        d.cv.notify_all();
+                    }
+                    None => lock(&self.shared.status).last_error = Some(text),
+                }
+            }
+            Message::TandemChat(c) => {
+                if let Some(id) = c.id {
+                    lock(&self.shared.chat).lines.entry(id).or_insert(ChatLine {
+                        id,
+                        user: c.user,
+                        text: c.text,
+                        timestamp: c.timestamp.unwrap_or(0),
+                    });
+                    self.shared.chat_cv.notify_all();
+                }
+            }
+            Message::Ephemeral(e) => {
+                let Some(d) = self.shared.doc(&e.document_id) else {
+                    return Ok(());
+                };
+                if e.session_id == self.shared.ephemeral_session {
+                    return Ok(());
+                }
+                let Some((user, state)) = parse_presence(&e.data) else {
+                    return Ok(());
+                };
+                let newcomer = {
+                    let mut i = d.lock();
+                    let newcomer = !i.others.contains_key(&e.session_id);
+                    i.others.insert(
+                        e.session_id,
+                        PeerPresence {
+                            user,
+                            state,
+                            seen: std::time::Instant::now(),
+                        },
+                    );
+                    newcomer
+                };
+                d.cv.notify_all();
+                if newcomer {
+                    // Tell the newcomer about us now rather than at the next refresh.
+                    self.send_presence(&d).await?;
+                }
+            }
+            Message::Error { message } => {
+                return Err(
+                    if message.starts_with(ErrorCode::VersionMismatch.as_str()) {
+                        End::Fatal(Error::VersionMismatch(message))
+                    } else {
+                        End::Lost(format!("server error: {message}"))
+                    },
+                );
+            }
+            Message::Leave { .. } => return Err(End::Lost("the server left".into())),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Applies one sync message: commits and logs local pending edits first, logs the new
+    /// changes, queues the events, and returns the replies.
+    fn apply_sync(&self, d: &DocShared, data: &[u8]) -> Vec<Message> {
+        let msg = match sync::Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, doc = %d.id, "undecodable sync message");
+                return Vec::new();
+            }
+        };
+        {
+            let mut guard = d.lock();
+            let i = &mut *guard;
+            if let Err(e) = i.commit_logged(None) {
+                tracing::warn!(error = %e, "commit before apply failed");
+            }
+            let before = i.scene.heads();
+            match i.scene.receive_sync_message(&mut i.sync, msg) {
+                Ok(events) => i.events.extend(events),
+                Err(e) => {
+                    tracing::warn!(error = %e, doc = %d.id, "sync message refused");
+                    i.last_error = Some(format!("sync message refused: {e}"));
+                }
+            }
+            i.on_server = Some(true);
+            i.ask_first = false;
+            if i.scene.heads() != before {
+                if let Err(e) = i.log_since(&before) {
+                    tracing::error!(error = %e, "appending received changes to the replica failed");
+                    i.last_error = Some(e.to_string());
+                }
+                i.update_saved();
+            }
+            i.state_dirty = true;
+            i.maybe_compact(self.shared.opts.compact_min_bytes);
+        }
+        self.sync_frames(d)
+    }
+}

@@ -1,0 +1,444 @@
+//! [`Scene`]: one open scene document, its replica on disk and its sync with the server.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use automerge::sync;
+use automerge::{ChangeHash, ReadDoc};
+use tandem_core::wire::DocumentId;
+use tandem_core::{DiffReport, Node, NodeId, SceneDoc, SceneEvent, SceneSnapshot, UserId};
+
+use crate::connection::Cmd;
+use crate::error::{Error, Result};
+use crate::replica::{Loaded, Replica};
+use crate::session::{ConnectionState, SessionShared, lock};
+
+/// Another peer's presence in a scene.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Presence {
+    /// The peer's ephemeral session id.
+    pub session: String,
+    /// The user name it announced.
+    pub user: String,
+    /// Whatever it published (selection, camera, frame...), as JSON.
+    pub state: serde_json::Value,
+}
+
+pub(crate) struct PeerPresence {
+    pub(crate) user: String,
+    pub(crate) state: serde_json::Value,
+    pub(crate) seen: Instant,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The mutable part of an open scene.
+pub(crate) struct DocInner {
+    pub(crate) scene: SceneDoc,
+    pub(crate) replica: Replica,
+    pub(crate) sync: sync::State,
+    /// Heads the server last acknowledged as durable.
+    pub(crate) acked: Vec<ChangeHash>,
+    saved: bool,
+    pub(crate) events: VecDeque<SceneEvent>,
+    pub(crate) warnings: Vec<String>,
+    /// Announced on the current connection.
+    pub(crate) announced: bool,
+    /// Ask with `request` (so the server says whether it has the document) rather than
+    /// `sync` (which creates it): true while this replica holds nothing of its own.
+    pub(crate) ask_first: bool,
+    /// `Some(false)` after the server said it does not have the document.
+    pub(crate) on_server: Option<bool>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) presence_mine: Option<serde_json::Value>,
+    pub(crate) presence_count: u64,
+    pub(crate) others: BTreeMap<String, PeerPresence>,
+    /// Sync state or acks changed since `sync.state` was written.
+    pub(crate) state_dirty: bool,
+}
+
+/// An open document, shared by the host's handles and the network task.
+pub(crate) struct DocShared {
+    pub(crate) id: DocumentId,
+    pub(crate) inner: Mutex<DocInner>,
+    pub(crate) cv: Condvar,
+}
+
+impl DocShared {
+    pub(crate) fn new(
+        id: DocumentId,
+        replica: Replica,
+        loaded: Loaded,
+        user: UserId,
+        created: bool,
+    ) -> Result<Self> {
+        let Loaded {
+            doc,
+            sync,
+            acked,
+            warnings,
+            fresh,
+        } = loaded;
+        let scene = SceneDoc::from_automerge(doc, user)?;
+        let mut inner = DocInner {
+            scene,
+            replica,
+            sync,
+            acked,
+            saved: false,
+            events: VecDeque::new(),
+            warnings,
+            announced: false,
+            ask_first: fresh && !created,
+            on_server: None,
+            last_error: None,
+            presence_mine: None,
+            presence_count: 0,
+            others: BTreeMap::new(),
+            state_dirty: false,
+        };
+        if fresh {
+            // Make the directory a replica at once (genesis), so a restart finds it.
+            inner.persist(true)?;
+        }
+        inner.update_saved();
+        Ok(Self {
+            id,
+            inner: Mutex::new(inner),
+            cv: Condvar::new(),
+        })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, DocInner> {
+        lock(&self.inner)
+    }
+
+    /// Writes the sync state, and with `snapshot` a compacted snapshot.
+    pub(crate) fn persist(&self, snapshot: bool) -> Result<()> {
+        self.lock().persist(snapshot)
+    }
+}
+
+impl DocInner {
+    /// Commits pending edits and appends the change to the log.
+    pub(crate) fn commit_logged(&mut self, message: Option<&str>) -> Result<Option<ChangeHash>> {
+        let hash = self.scene.commit(message)?;
+        if let Some(h) = hash {
+            let change = self
+                .scene
+                .doc()
+                .get_change_by_hash(&h)
+                .ok_or_else(|| Error::Protocol("a committed change is missing".into()))?;
+            self.replica.append([change.raw_bytes()])?;
+            self.ask_first = false;
+            self.update_saved();
+        }
+        Ok(hash)
+    }
+
+    /// Appends every change newer than `before` to the log.
+    pub(crate) fn log_since(&mut self, before: &[ChangeHash]) -> Result<()> {
+        let changes = self.scene.changes_since(before);
+        self.replica.append(changes.iter().map(|c| c.raw_bytes()))
+    }
+
+    /// Recomputes "saved on server" from the last acknowledged heads.
+    pub(crate) fn update_saved(&mut self) {
+        let heads = self.scene.heads();
+        if heads.iter().all(|h| self.acked.contains(h)) {
+            self.saved = true;
+            return;
+        }
+        let doc = self.scene.doc();
+        let known: Vec<ChangeHash> = self
+            .acked
+            .iter()
+            .filter(|h| doc.get_change_by_hash(h).is_some())
+            .copied()
+            .collect();
+        self.saved = !known.is_empty() && self.scene.changes_since(&known).is_empty();
+    }
+
+    pub(crate) fn saved_on_server(&self) -> bool {
+        self.saved && !self.scene.has_pending()
+    }
+
+    pub(crate) fn synced(&self, connected: bool) -> bool {
+        connected
+            && self.announced
+            && !self.scene.has_pending()
+            && self.sync.their_heads.as_ref() == Some(&self.scene.heads())
+    }
+
+    /// Writes the sync state if it changed; with `snapshot`, also compacts the log into a
+    /// snapshot (unless Automerge still queues changes whose dependencies are missing: those
+    /// live only in the log until the server sends what they need).
+    pub(crate) fn persist(&mut self, snapshot: bool) -> Result<()> {
+        if snapshot {
+            self.commit_logged(None)?;
+            if self.scene.doc().get_missing_deps(&[]).is_empty() {
+                let saved = self.scene.save()?;
+                self.replica.write_snapshot(&saved)?;
+                self.state_dirty = true;
+            }
+        }
+        if self.state_dirty {
+            self.replica.write_state(&self.sync, &self.acked)?;
+            self.state_dirty = false;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn maybe_compact(&mut self, min_bytes: u64) {
+        if self.replica.wants_compaction(min_bytes) {
+            if let Err(e) = self.persist(true) {
+                tracing::warn!(error = %e, "compacting the replica failed");
+            }
+        }
+    }
+}
+
+/// A handle to one open scene. Cheap to clone; every clone is the same scene.
+#[derive(Clone)]
+pub struct Scene {
+    doc: Arc<DocShared>,
+    session: Arc<SessionShared>,
+}
+
+impl std::fmt::Debug for Scene {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scene").field("id", &self.doc.id).finish()
+    }
+}
+
+impl Scene {
+    pub(crate) fn new(doc: Arc<DocShared>, session: Arc<SessionShared>) -> Self {
+        Self { doc, session }
+    }
+
+    /// The document id.
+    pub fn id(&self) -> &str {
+        self.doc.id.as_str()
+    }
+
+    fn connected(&self) -> bool {
+        self.session.state() == ConnectionState::Connected
+    }
+
+    /// Diffs the host's complete state in: nodes absent from `nodes` are removed. Only what
+    /// differs is recorded; call [`commit`](Self::commit) to make it a change.
+    pub fn diff_full(&self, nodes: &[Node]) -> Result<DiffReport> {
+        Ok(self.doc.lock().scene.diff_full(nodes, now_ms())?)
+    }
+
+    /// Diffs the nodes the host reports as changed and removes `removed`.
+    pub fn diff_nodes(&self, nodes: &[Node], removed: &[NodeId]) -> Result<DiffReport> {
+        Ok(self.doc.lock().scene.diff_nodes(nodes, removed, now_ms())?)
+    }
+
+    /// True when diffs recorded edits not yet committed.
+    pub fn has_pending(&self) -> bool {
+        self.doc.lock().scene.has_pending()
+    }
+
+    /// Commits pending edits as one change (written to the replica with fsync, then sent).
+    /// Returns the change hash, or `None` when nothing was pending.
+    pub fn commit(&self, message: Option<&str>) -> Result<Option<String>> {
+        let hash = self.doc.lock().commit_logged(message)?;
+        if hash.is_some() {
+            self.session.send(Cmd::Flush(self.doc.id.clone()));
+        }
+        Ok(hash.map(|h| h.to_string()))
+    }
+
+    /// Commits if the oldest pending edit is at least `interval` old (call it every tick to
+    /// coalesce drags into a few changes a second).
+    pub fn commit_due(&self, interval: Duration) -> Result<Option<String>> {
+        let mut inner = self.doc.lock();
+        let hash = inner
+            .scene
+            .commit_due(now_ms(), interval.as_millis() as i64)?;
+        let Some(h) = hash else { return Ok(None) };
+        let change = inner
+            .scene
+            .doc()
+            .get_change_by_hash(&h)
+            .ok_or_else(|| Error::Protocol("a committed change is missing".into()))?;
+        inner.replica.append([change.raw_bytes()])?;
+        inner.ask_first = false;
+        inner.update_saved();
+        drop(inner);
+        self.session.send(Cmd::Flush(self.doc.id.clone()));
+        Ok(Some(h.to_string()))
+    }
+
+    /// Remote edits received since the last call, in the order to apply them.
+    pub fn drain_events(&self) -> Vec<SceneEvent> {
+        self.doc.lock().events.drain(..).collect()
+    }
+
+    /// Blocks until at least one remote event is queued or `timeout` passes, then drains.
+    pub fn wait_events(&self, timeout: Duration) -> Vec<SceneEvent> {
+        self.wait_until(timeout, |i, _| !i.events.is_empty());
+        self.drain_events()
+    }
+
+    /// The whole scene as the host should show it (effective parents), pending edits
+    /// included.
+    pub fn snapshot(&self) -> SceneSnapshot {
+        self.doc.lock().scene.snapshot()
+    }
+
+    /// One node, if it exists.
+    pub fn node(&self, id: NodeId) -> Option<Node> {
+        self.doc.lock().scene.node(id)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.doc.lock().scene.len()
+    }
+
+    /// True when the scene has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The document's heads (hex change hashes).
+    pub fn heads(&self) -> Vec<String> {
+        self.doc
+            .lock()
+            .scene
+            .heads()
+            .iter()
+            .map(|h| h.to_string())
+            .collect()
+    }
+
+    /// Every change of this replica (including committed edits) is durable on the server.
+    pub fn saved_on_server(&self) -> bool {
+        self.doc.lock().saved_on_server()
+    }
+
+    /// Connected, and the server and this replica hold the same changes.
+    pub fn is_synced(&self) -> bool {
+        let c = self.connected();
+        self.doc.lock().synced(c)
+    }
+
+    /// `Some(false)` once the server said it does not have this document (nobody created it
+    /// yet); `Some(true)` once it sent any sync message about it.
+    pub fn on_server(&self) -> Option<bool> {
+        self.doc.lock().on_server
+    }
+
+    /// Replica warnings (corrupt files moved aside...), oldest first.
+    pub fn warnings(&self) -> Vec<String> {
+        self.doc.lock().warnings.clone()
+    }
+
+    /// The last error the server reported about this document.
+    pub fn last_error(&self) -> Option<String> {
+        self.doc.lock().last_error.clone()
+    }
+
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&DocInner, bool) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.doc.lock();
+        loop {
+            if done(&inner, self.connected()) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || self.session.state() == ConnectionState::Closed {
+                return false;
+            }
+            // Bounded slices: a state change notifies us, the slice is only a safety net.
+            let slice = (deadline - now).min(Duration::from_millis(200));
+            inner = self
+                .doc
+                .cv
+                .wait_timeout(inner, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Blocks until [`is_synced`](Self::is_synced) or `timeout`; returns which.
+    pub fn wait_synced(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |i, c| i.synced(c))
+    }
+
+    /// Blocks until [`saved_on_server`](Self::saved_on_server) or `timeout`; returns which.
+    pub fn wait_saved(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |i, _| i.saved_on_server())
+    }
+
+    /// Blocks until this replica holds every change in `heads` (hex hashes, e.g. another
+    /// replica's [`heads`](Self::heads)) or `timeout` passes; returns which. Unparsable
+    /// hashes are an error.
+    pub fn wait_heads(&self, heads: &[String], timeout: Duration) -> Result<bool> {
+        let want: Vec<ChangeHash> = heads
+            .iter()
+            .map(|h| {
+                h.parse()
+                    .map_err(|_| Error::InvalidArgument(format!("not a change hash: {h:?}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(self.wait_until(timeout, |i, _| {
+            want.iter()
+                .all(|h| i.scene.doc().get_change_by_hash(h).is_some())
+        }))
+    }
+
+    /// Publishes my presence in this scene (selection, camera, frame... any JSON).
+    pub fn set_presence(&self, state: serde_json::Value) {
+        self.doc.lock().presence_mine = Some(state);
+        self.session.send(Cmd::Presence(self.doc.id.clone()));
+    }
+
+    /// Other peers present in this scene, by session.
+    pub fn presence(&self) -> Vec<Presence> {
+        let ttl = self.session.opts.presence_ttl;
+        self.doc
+            .lock()
+            .others
+            .iter()
+            .filter(|(_, p)| p.seen.elapsed() <= ttl)
+            .map(|(s, p)| Presence {
+                session: s.clone(),
+                user: p.user.clone(),
+                state: p.state.clone(),
+            })
+            .collect()
+    }
+
+    /// Blocks until some peer's presence satisfies `pred` or `timeout` passes.
+    pub fn wait_presence(&self, timeout: Duration, pred: impl Fn(&Presence) -> bool) -> bool {
+        self.wait_until(timeout, |i, _| {
+            i.others.iter().any(|(s, p)| {
+                pred(&Presence {
+                    session: s.clone(),
+                    user: p.user.clone(),
+                    state: p.state.clone(),
+                })
+            })
+        })
+    }
+
+    /// Writes a compacted snapshot and the sync state to the replica now.
+    pub fn flush_replica(&self) -> Result<()> {
+        self.doc.persist(true)
+    }
+
+    /// Bytes in the replica's change log (what a crash would replay).
+    pub fn replica_log_bytes(&self) -> u64 {
+        self.doc.lock().replica.log_bytes()
+    }
+}
