@@ -22,13 +22,14 @@ use std::fmt;
 use std::str::FromStr;
 
 use automerge::transaction::Transactable;
-use automerge::{Change, ObjType, ROOT, ReadDoc, ScalarValue};
+use automerge::{Change, ChangeHash, ObjType, ROOT, ReadDoc, ScalarValue};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{Error, Result};
-use crate::events::{self, Loc, RulesLoc};
+use crate::events::{self, Loc, RulesLoc, SceneEvent};
 use crate::ids::{NodeId, UserId};
+use crate::node::Node;
 use crate::scene::SceneDoc;
 use crate::schema::*;
 
@@ -186,6 +187,27 @@ impl SceneDoc {
         role: Role,
     ) -> std::result::Result<(), Forbidden> {
         check(&self.doc, &mut self.index, changes, user, role)
+    }
+
+    /// Puts this replica back in line after the server refused some of its changes: the
+    /// document is rebuilt from `acked` (heads the server has durably acknowledged), then the
+    /// scene the user intended — everything shown before — is diffed back in, so legal
+    /// unacknowledged edits are written again as new changes while edits the rules refuse
+    /// are left out. Returns the events that turn the host's view into the rebuilt scene:
+    /// exactly the refused edits, undone. Costs a fork of the document.
+    pub fn rebase_onto(&mut self, acked: &[ChangeHash], now_ms: i64) -> Result<Vec<SceneEvent>> {
+        let intended = self.scene();
+        let fork = self.doc.fork_at(acked)?;
+        let mut fresh = SceneDoc::from_automerge(fork, self.user.clone())?;
+        fresh.role = self.role;
+        let nodes: Vec<Node> = intended.nodes.values().cloned().collect();
+        fresh.diff_full(&nodes, now_ms)?;
+        fresh.commit(Some("rebase after refusal"))?;
+        let refusals = fresh.refusals.clone();
+        let rebuilt = fresh.scene();
+        *self = fresh;
+        self.refusals = refusals;
+        Ok(intended.events_to(&rebuilt))
     }
 
     fn check_rules_admin(

@@ -306,3 +306,42 @@ fn a_client_refuses_forbidden_edits_locally_and_says_why() {
     assert_eq!((r.created, r.removed, r.refused), (0, 0, 2));
     assert!(!viewer.has_pending());
 }
+
+#[test]
+fn a_refused_replica_rebases_keeping_its_legal_edits() {
+    let locked = NodeId::new_v4();
+    let free = NodeId::new_v4();
+    let (mut server, mut alice, _) = room(&[cube(locked), cube(free)]);
+    alice.lock(locked, false, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let acked = server.heads();
+    // Bob's replica did not know of the lock yet: edits both nodes, then learns the lock
+    // only through the server's refusal.
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.set_role(Role::Admin); // bypass: as if the lock arrived after the edit
+    set_x(&mut bob, locked, 7.0);
+    set_x(&mut bob, free, 3.0);
+    let ch = outgoing(&mut bob, &server);
+    assert!(
+        server
+            .check_changes(&ch, &user("bob"), Role::Editor)
+            .is_err()
+    );
+    bob.set_role(Role::Editor);
+    let events = bob.rebase_onto(&acked, 9).unwrap();
+    assert_eq!(bob.refusals().len(), 1);
+    assert_eq!(bob.node(locked).unwrap().parms["x"], Value::Float(0.0));
+    assert_eq!(
+        bob.node(free).unwrap().parms["x"],
+        Value::Float(3.0),
+        "legal edit kept"
+    );
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ch = bob.changes_since(&server.heads());
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+    deliver(&mut server, ch);
+    assert_eq!(server.node(free).unwrap().parms["x"], Value::Float(3.0));
+}
