@@ -43,6 +43,13 @@ struct ServerProc {
     addr: String,
 }
 
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl ServerProc {
     fn start(data: &std::path::Path) -> Res<Self> {
         let exe = std::env::current_exe()?.with_file_name("tandem");
@@ -74,6 +81,35 @@ impl ServerProc {
             .map_or(0, |kb| kb * 1024)
     }
 
+    /// Store-side figures from `/metrics`: commits, records, mean commit time (fsync incl.).
+    async fn store_stats(&self) -> Res<(f64, f64, f64)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(&self.addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        let get = |name: &str| {
+            body.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let commits = get("tandem_store_commit_seconds_count");
+        let jobs = get("tandem_store_jobs_total");
+        let sum = get("tandem_store_commit_seconds_sum");
+        Ok((
+            commits,
+            jobs,
+            if commits > 0.0 {
+                sum / commits * 1e3
+            } else {
+                0.0
+            },
+        ))
+    }
+
     fn stop(mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -90,7 +126,7 @@ struct Conn {
 }
 
 async fn connect(url: &str, name: &str) -> Res<Conn> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     let peer = PeerId(format!("{name}-{}", DocumentId::random()));
     let join = Message::Join(Join {
         sender_id: peer.clone(),
@@ -234,6 +270,8 @@ struct Shared {
     probes: Mutex<HashMap<ChangeHash, Instant>>,
     probe_ms: Mutex<Vec<f64>>,
     ack_ms: Mutex<Vec<f64>>,
+    /// Clients whose connection the server closed (slow readers are dropped by design).
+    dropped: std::sync::atomic::AtomicUsize,
 }
 
 /// A full automerge sync client: applies everything the server sends and answers, so the
@@ -258,7 +296,12 @@ async fn run_client(
     // Initial sync (identical replicas: one round trip).
     if let Some(m) = doc.sync().generate_sync_message(&mut state) {
         let f = sync_frame(&c, &id, m.encode(), None, false);
-        c.ws.send(f).await?;
+        if c.ws.send(f).await.is_err() {
+            shared
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
     }
     let key = format!("bench-{}", c.peer);
     loop {
@@ -285,7 +328,10 @@ async fn run_client(
                         doc.sync().receive_sync_message(&mut state, m)?;
                         if let Some(m) = doc.sync().generate_sync_message(&mut state) {
                             let f = sync_frame(&c, &id, m.encode(), None, false);
-                            c.ws.send(f).await?;
+                            if c.ws.send(f).await.is_err() {
+                            shared.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return Ok(());
+                        }
                         }
                     }
                     Message::TandemAck(a) => {
@@ -308,7 +354,10 @@ async fn run_client(
                     shared.probes.lock().map_err(|_| "poisoned")?.insert(hash, now);
                     sent_at.insert(done, now);
                     let f = sync_frame(&c, &id, m.encode(), Some(done), false);
-                    c.ws.send(f).await?;
+                    if c.ws.send(f).await.is_err() {
+                            shared.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            return Ok(());
+                        }
                 }
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -321,6 +370,7 @@ fn new_shared() -> Arc<Shared> {
         probes: Mutex::default(),
         probe_ms: Mutex::default(),
         ack_ms: Mutex::default(),
+        dropped: std::sync::atomic::AtomicUsize::new(0),
     })
 }
 
@@ -461,6 +511,10 @@ async fn bench_propagation(
     for t in rx_tasks {
         t.await??;
     }
+    let dropped = shared.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    if dropped > 0 {
+        eprintln!("  ({dropped} bench clients were dropped by the server as slow readers)");
+    }
     let lost = shared.probes.lock().map_err(|_| "poisoned")?.len();
     if lost > 0 {
         eprintln!("  ({lost} probe changes not seen by a receiver within 10 s)");
@@ -491,6 +545,10 @@ async fn run() -> Res<()> {
         );
     }
 
+    let (commits, jobs, mean) = server.store_stats().await?;
+    println!(
+        "| store during the ack runs: {commits:.0} commits for {jobs:.0} records, mean commit (fsync incl.) | {mean:.3} ms | | |"
+    );
     let t = Instant::now();
     let mut scene = build_scene(10_000);
     eprintln!(
