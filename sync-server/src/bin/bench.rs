@@ -317,10 +317,10 @@ async fn run_client(
                     Message::Sync(s) => {
                         let m = sync::Message::decode(&s.data)?;
                         if role == (Role::Receiver { measure: true }) {
-                            for chunk in m.changes.iter() {
-                                if let Ok(ch) = automerge::Change::try_from(chunk)
-                                    && let Some(t0) = shared.probes.lock().map_err(|_| "poisoned")?.remove(&ch.hash())
-                                {
+                            // A chunk may hold several concatenated changes.
+                            let changes = m.changes.iter().flat_map(|chunk| tandem_server::store::split_changes(chunk).unwrap_or_default());
+                            for ch in changes {
+                                if let Some(t0) = shared.probes.lock().map_err(|_| "poisoned")?.remove(&ch.hash()) {
                                     shared.probe_ms.lock().map_err(|_| "poisoned")?.push((now - t0).as_secs_f64() * 1e3);
                                 }
                             }
