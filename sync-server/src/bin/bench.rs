@@ -197,8 +197,10 @@ async fn full_sync(
         let f = sync_frame(c, id, m.encode(), None, request);
         c.ws.send(f).await?;
     }
+    // One overall deadline: pings keep arriving, so a per-frame timeout never fires.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while !done(doc) {
-        let frame = tokio::time::timeout(Duration::from_secs(120), c.ws.next()).await?;
+        let frame = tokio::time::timeout_at(deadline, c.ws.next()).await?;
         let Some(Ok(WsMessage::Binary(b))) = frame else {
             continue;
         };
@@ -454,7 +456,10 @@ async fn late_join(
     let mut c = connect(&server.url(room), "late").await?;
     let mut doc = AutoCommit::new();
     let want = heads.to_vec();
-    full_sync(&mut c, id, &mut doc, true, |d| d.get_heads() == want).await?;
+    full_sync(&mut c, id, &mut doc, true, |d| {
+        want.iter().all(|h| d.get_change_by_hash(h).is_some())
+    })
+    .await?;
     Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
@@ -466,11 +471,11 @@ async fn bench_propagation(
     room: &str,
     id: &DocumentId,
     scene: &mut AutoCommit,
-    editors: usize,
-    receivers: usize,
+    clients: (usize, usize),
     hz: f64,
     seconds: f64,
 ) -> Res<(f64, f64, usize)> {
+    let (editors, receivers) = clients;
     let url = server.url(room);
     let shared = new_shared();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -565,7 +570,13 @@ async fn run() -> Res<()> {
     println!("| late join, 10k nodes, server warm | {warm:.0} ms | | 1 |");
     for (editors, receivers) in [(1usize, 1usize), (1, 49), (10, 40)] {
         let (p50, p99, n) = bench_propagation(
-            &server, "scene10k", &id, &mut scene, editors, receivers, 60.0, 5.0,
+            &server,
+            "scene10k",
+            &id,
+            &mut scene,
+            (editors, receivers),
+            60.0,
+            5.0,
         )
         .await?;
         println!(
