@@ -16,7 +16,8 @@
 //! 2-core machine's client-side CPU — so the table reports 1, 1 and 10 editors among 2 and
 //! 50 clients.
 //!
-//! Usage: `cargo run --release -p tandem-server --bin tandem-bench [-- --big]`
+//! Usage: `cargo build --release -p tandem-server --bins && target/release/tandem-bench [--big]`
+//! (it runs the `tandem` binary built next to it, so build both).
 
 use std::collections::HashMap;
 use std::io::BufRead;
