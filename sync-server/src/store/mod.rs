@@ -317,7 +317,7 @@ impl Store {
 
 /// Split a record (concatenated change chunks, as `Automerge::save_after` writes them) into
 /// verified changes. Any malformed chunk or bad checksum fails the whole record.
-pub(crate) fn split_changes(mut data: &[u8]) -> Result<Vec<automerge::Change>, String> {
+pub fn split_changes(mut data: &[u8]) -> Result<Vec<automerge::Change>, String> {
     const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
     let mut out = Vec::new();
     while !data.is_empty() {

@@ -100,7 +100,8 @@ impl TestServer {
     }
 }
 
-/// The real `tandem` binary as a child process.
+/// The real `tandem` binary as a child process (killed on drop, so a failing test leaves
+/// no server behind).
 pub struct Binary {
     pub child: Child,
     pub addr: SocketAddr,
@@ -159,6 +160,13 @@ impl Binary {
     }
 }
 
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A document replica on the test client.
@@ -191,10 +199,13 @@ pub struct Client {
 }
 
 pub async fn connect_ws(url: &str) -> Ws {
-    let (ws, _) = tokio::time::timeout(STEP, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("connect timeout")
-        .expect("connect");
+    let (ws, _) = tokio::time::timeout(
+        STEP,
+        tokio_tungstenite::connect_async_with_config(url, None, true),
+    )
+    .await
+    .expect("connect timeout")
+    .expect("connect");
     ws
 }
 
