@@ -82,8 +82,15 @@ for run in $(seq 1 "$RUNS"); do
   done
 done
 
+# The plot uses matplotlib in .cache/venv (the venv tests/run also uses), installed once.
+VENV=$ROOT/.cache/venv
+if [ "$PLOT" = 1 ] && ! "$VENV/bin/python" -c "import matplotlib" 2>/dev/null; then
+  echo "== pip install matplotlib into .cache/venv" >&2
+  [ -x "$VENV/bin/python" ] || "$(command -v python3.11 || command -v python3)" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "matplotlib>=3.8,<4" >&2 || PLOT=0
+fi
 PY=python3
-[ -x "$ROOT/.cache/venv/bin/python" ] && PY=$ROOT/.cache/venv/bin/python
+[ -x "$VENV/bin/python" ] && PY=$VENV/bin/python
 ARGS=("$OUT")
 [ "$PLOT" = 1 ] || ARGS+=(--no-plot)
 "$PY" "$ROOT/bench/report.py" "${ARGS[@]}"
