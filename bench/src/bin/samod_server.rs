@@ -4,6 +4,9 @@
 
 use std::io::Write;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let port = std::env::args().nth(1).unwrap_or_else(|| "0".into());
@@ -29,7 +32,21 @@ async fn main() {
                 tokio::spawn(async move {
                     let _ = tcp.set_nodelay(true);
                     if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                        let _ = acceptor.accept_tungstenite(ws);
+                        // Binary frames <-> samod's byte messages (what samod's own
+                        // `accept_tungstenite` does; pings/pongs are handled by tungstenite).
+                        let (sink, stream) = ws.split();
+                        let stream = Box::pin(stream.filter_map(|m| async move {
+                            match m {
+                                Ok(Message::Binary(b)) => Some(Ok(b.to_vec())),
+                                Ok(Message::Close(_)) => None,
+                                Ok(_) => None,
+                                Err(e) => Some(Err::<Vec<u8>, WsError>(e)),
+                            }
+                        }));
+                        let sink = Box::pin(sink.with(|v: Vec<u8>| {
+                            futures_util::future::ready(Ok::<_, WsError>(Message::Binary(v.into())))
+                        }));
+                        let _ = acceptor.accept(samod::Transport::new(stream, sink));
                     }
                 });
             }
