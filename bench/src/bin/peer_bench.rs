@@ -246,7 +246,7 @@ async fn full_sync(
                     c.ws.send(f).await?;
                 }
             }
-            Message::DocUnavailable(_) => return Err("doc-unavailable".into()),
+            Message::DocUnavailable { .. } => return Err("doc-unavailable".into()),
             _ => {}
         }
     }
@@ -335,7 +335,7 @@ async fn propagation(
     server: &ServerProc,
     room: &str,
     id: &DocumentId,
-    scene: &AutoCommit,
+    scene: &mut AutoCommit,
     clients: usize,
     hz: f64,
     seconds: f64,
@@ -506,7 +506,7 @@ async fn run(o: Opts) -> Res<()> {
         for &clients in &o.clients {
             let cpu0 = server.cpu();
             let t = Instant::now();
-            let r = propagation(&server, &room, &id, &scene, clients, o.hz, o.seconds, o.tandem).await?;
+            let r = propagation(&server, &room, &id, &mut scene, clients, o.hz, o.seconds, o.tandem).await?;
             let wall = t.elapsed().as_secs_f64();
             let cpu = server.cpu() - cpu0;
             if let Some(f) = samples.as_mut() {
