@@ -23,6 +23,8 @@ LABEL = {
     "hocuspocus": "Hocuspocus 4.7 (Yjs)",
 }
 
+COLOR = {"tandem": "tab:blue", "amrepo": "tab:orange", "samod": "tab:green", "hocuspocus": "tab:red"}
+
 # (key, label, unit, per-clients?, how to get the value from a result line)
 FIGURES = [
     ("prop_p50", "propagation A→server→B p50", "ms", True, lambda r: r["prop_p50_ms"]),
@@ -149,7 +151,8 @@ def write_plot(out, servers, sizes, clients):
             for s in servers:
                 v = sorted(samples.get((s, n, c, "propagation"), []))
                 if v:
-                    ax.plot(v, [(k + 1) / len(v) for k in range(len(v))], label=f"{LABEL[s]} (n={len(v)})")
+                    ax.plot(v, [(k + 1) / len(v) for k in range(len(v))], color=COLOR[s],
+                            label=f"{LABEL[s]} (n={len(v)})")
             v = sorted(samples.get(("tandem", n, c, "durable_ack"), []))
             if v:
                 ax.plot(v, [(k + 1) / len(v) for k in range(len(v))], "k--", lw=1, label="Tandem durable ack")

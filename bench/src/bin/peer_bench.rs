@@ -356,7 +356,9 @@ async fn propagation(
     let mut b = connect(&url, "B", false).await?;
     let mut b_doc = scene.fork();
     // In sync with the server: it may hold edits from an earlier phase that `scene` lacks.
-    full_sync(&mut b, id, &mut b_doc, false, Duration::from_secs(120), |d, s| {
+    // B announces itself with `request` (automerge-repo's Node server with sharePolicy
+    // false only keeps sending to peers that asked for the document).
+    full_sync(&mut b, id, &mut b_doc, true, Duration::from_secs(120), |d, s| {
         s.their_heads.as_ref().is_some_and(|h| {
             let (mut a, mut b) = (h.clone(), d.get_heads());
             a.sort();
