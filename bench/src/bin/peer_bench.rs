@@ -1,0 +1,568 @@
+//! `peer-bench`: one scene-editing workload against any server that speaks automerge-repo's
+//! WebSocket protocol (Tandem, automerge-repo's Node server, samod). The same Rust client
+//! code drives every server, so only the server differs.
+//!
+//! For each scene size it starts a fresh server process (the command after `--`, which must
+//! print `listening on HOST:PORT` as its first stdout line), uploads an N-node × 20-parm
+//! scene, times late joins, then runs the propagation workload for each client count:
+//! C push-only editors at `--hz` (editor 0 is the probe writer A) and one receiver B that
+//! matches change hashes. It reads the server's CPU time and RSS from /proc/PID.
+//! With `--tandem` the editors opt into Tandem's extension and A also times `tandem-ack`
+//! (durable-ack latency under the same load). Output: one JSON line per (size, clients)
+//! on stdout; latency samples appended to `--samples FILE` as CSV.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ChangeHash, ROOT, ReadDoc, ScalarValue, hydrate};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tandem_core::wire::{DocumentId, Join, Message, PeerId, PeerMetadata, SyncMessage, TandemHello};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Opts {
+    name: String,
+    nodes: Vec<usize>,
+    clients: Vec<usize>,
+    hz: f64,
+    seconds: f64,
+    joins: usize,
+    tandem: bool,
+    samples: Option<String>,
+    cmd: Vec<String>,
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        name: "server".into(),
+        nodes: vec![1000],
+        clients: vec![1, 10],
+        hz: 60.0,
+        seconds: 3.0,
+        joins: 3,
+        tandem: false,
+        samples: None,
+        cmd: vec![],
+    };
+    let mut it = std::env::args().skip(1);
+    let list = |s: String| s.split(',').filter_map(|x| x.parse().ok()).collect::<Vec<usize>>();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--name" => o.name = it.next().unwrap_or_default(),
+            "--nodes" => o.nodes = list(it.next().unwrap_or_default()),
+            "--clients" => o.clients = list(it.next().unwrap_or_default()),
+            "--hz" => o.hz = it.next().and_then(|s| s.parse().ok()).unwrap_or(60.0),
+            "--seconds" => o.seconds = it.next().and_then(|s| s.parse().ok()).unwrap_or(3.0),
+            "--joins" => o.joins = it.next().and_then(|s| s.parse().ok()).unwrap_or(3),
+            "--tandem" => o.tandem = true,
+            "--samples" => o.samples = it.next(),
+            "--" => {
+                o.cmd = it.by_ref().collect();
+            }
+            _ => {
+                eprintln!("unknown argument {a}");
+                std::process::exit(2);
+            }
+        }
+    }
+    o
+}
+
+struct ServerProc {
+    child: Child,
+    addr: String,
+}
+
+impl ServerProc {
+    fn start(cmd: &[String]) -> Res<Self> {
+        let mut child = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let mut out = std::io::BufReader::new(child.stdout.take().ok_or("stdout")?);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line)? == 0 {
+                return Err("server exited before `listening on`".into());
+            }
+            if let Some(a) = line.trim().strip_prefix("listening on ") {
+                let addr = a.trim().to_owned();
+                // Keep draining its stdout so it never blocks on a full pipe.
+                std::thread::spawn(move || {
+                    let mut sink = String::new();
+                    while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                        sink.clear();
+                    }
+                });
+                return Ok(Self { child, addr });
+            }
+        }
+    }
+
+    fn url(&self, room: &str) -> String {
+        format!("ws://{}/sync?room={room}", self.addr)
+    }
+
+    fn status_kb(&self, key: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resident set, bytes.
+    fn rss(&self) -> u64 {
+        self.status_kb("VmRSS:") * 1024
+    }
+
+    /// Peak resident set, bytes.
+    fn hwm(&self) -> u64 {
+        self.status_kb("VmHWM:") * 1024
+    }
+
+    /// User + system CPU time of the server process (all threads), seconds.
+    fn cpu(&self) -> f64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .unwrap_or_default();
+        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After the comm field: state is index 0, utime 11, stime 12 (clock ticks, 100 Hz).
+        let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        (t(11) + t(12)) / 100.0
+    }
+
+    fn stop(mut self) {
+        // The server stays in our process group, so `timeout` around this binary ends it too.
+        let pid = self.child.id();
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Conn {
+    ws: Ws,
+    peer: PeerId,
+    server: PeerId,
+}
+
+async fn connect(url: &str, name: &str, tandem: bool) -> Res<Conn> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let peer = PeerId(format!("{name}-{}", DocumentId::random()));
+    let join = Message::Join(Join {
+        sender_id: peer.clone(),
+        supported_protocol_versions: vec!["1".into()],
+        peer_metadata: Some(PeerMetadata {
+            storage_id: None,
+            is_ephemeral: true,
+            tandem: tandem.then(|| TandemHello {
+                version: 1,
+                user: Some(name.into()),
+                ..Default::default()
+            }),
+        }),
+    });
+    ws.send(WsMessage::Binary(join.encode().into())).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
+            Some(Ok(WsMessage::Binary(b))) => {
+                if let Message::Peer(p) = tandem_core::wire::decode(&b)? {
+                    return Ok(Conn { ws, peer, server: p.sender_id });
+                }
+            }
+            Some(Ok(_)) => continue,
+            _ => return Err("closed during handshake".into()),
+        }
+    }
+}
+
+fn sync_frame(c: &Conn, doc: &DocumentId, data: Vec<u8>, request_id: Option<u64>, request: bool) -> WsMessage {
+    let m = SyncMessage {
+        sender_id: c.peer.clone(),
+        target_id: c.server.clone(),
+        document_id: doc.clone(),
+        data,
+        request_id,
+    };
+    WsMessage::Binary(if request { Message::Request(m) } else { Message::Sync(m) }.encode().into())
+}
+
+/// Two-way sync of `doc` until `done(doc, state)` holds. Returns bytes received.
+async fn full_sync(
+    c: &mut Conn,
+    id: &DocumentId,
+    doc: &mut AutoCommit,
+    request: bool,
+    timeout: Duration,
+    done: impl Fn(&mut AutoCommit, &sync::State) -> bool,
+) -> Res<u64> {
+    let mut state = sync::State::new();
+    let mut bytes = 0u64;
+    if let Some(m) = doc.sync().generate_sync_message(&mut state) {
+        let f = sync_frame(c, id, m.encode(), None, request);
+        c.ws.send(f).await?;
+    }
+    let deadline = Instant::now() + timeout;
+    while !done(doc, &state) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(left, c.ws.next())
+            .await
+            .map_err(|_| "sync timed out")?;
+        let b = match frame {
+            Some(Ok(WsMessage::Binary(b))) => b,
+            Some(Ok(_)) => continue,
+            _ => return Err("connection closed during sync".into()),
+        };
+        bytes += b.len() as u64;
+        match tandem_core::wire::decode(&b)? {
+            Message::Sync(s) | Message::Request(s) => {
+                doc.sync().receive_sync_message(&mut state, sync::Message::decode(&s.data)?)?;
+                if let Some(m) = doc.sync().generate_sync_message(&mut state) {
+                    let f = sync_frame(c, id, m.encode(), None, false);
+                    c.ws.send(f).await?;
+                }
+            }
+            Message::DocUnavailable { .. } => return Err("doc-unavailable".into()),
+            _ => {}
+        }
+    }
+    Ok(bytes)
+}
+
+fn push_message(template: &sync::Message, heads: Vec<ChangeHash>, changes: Vec<Vec<u8>>) -> Vec<u8> {
+    let mut m = template.clone();
+    m.heads = heads;
+    m.need = vec![];
+    m.have = vec![];
+    m.changes = changes.into();
+    m.encode()
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// N nodes × 20 parms in ~1000 changes (as `tandem-bench` builds it).
+fn build_scene(nodes: usize) -> AutoCommit {
+    let mut doc = AutoCommit::new();
+    let root = doc.put_object(ROOT, "nodes", automerge::ObjType::Map).unwrap();
+    doc.commit();
+    let per_change = (nodes / 1000).max(1);
+    let names: Vec<String> = (0..20).map(|p| format!("p{p}")).collect();
+    for i in 0..nodes {
+        let mut parms: HashMap<&str, hydrate::Value> = HashMap::new();
+        for (p, name) in names.iter().enumerate() {
+            parms.insert(name.as_str(), hydrate::Value::Scalar(ScalarValue::F64(p as f64)));
+        }
+        let mut node: HashMap<&str, hydrate::Value> = HashMap::new();
+        node.insert("kind", "blender.object/MESH".into());
+        let name = format!("node{i}");
+        node.insert("name", name.as_str().into());
+        node.insert("parms", parms.into());
+        doc.batch_create_object(&root, format!("n{i}"), &node.into(), false).unwrap();
+        if i % per_change == per_change - 1 {
+            doc.commit();
+        }
+    }
+    doc.commit();
+    doc
+}
+
+async fn upload(server: &ServerProc, room: &str, doc: &mut AutoCommit, tandem: bool) -> Res<DocumentId> {
+    let id = DocumentId::random();
+    let mut c = connect(&server.url(room), "uploader", tandem).await?;
+    let heads = doc.get_heads();
+    full_sync(&mut c, &id, doc, false, Duration::from_secs(300), |_, s| {
+        s.their_heads.as_ref().is_some_and(|h| heads.iter().all(|x| h.contains(x)))
+    })
+    .await?;
+    // Give a server with a write-behind store a moment; then close politely.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = c.ws.close(None).await;
+    Ok(id)
+}
+
+async fn late_join(server: &ServerProc, room: &str, id: &DocumentId, heads: &[ChangeHash]) -> Res<(f64, u64)> {
+    let t = Instant::now();
+    let mut c = connect(&server.url(room), "late", false).await?;
+    let mut doc = AutoCommit::new();
+    let want = heads.to_vec();
+    let bytes = full_sync(&mut c, id, &mut doc, true, Duration::from_secs(120), |d, _| d.get_heads() == want).await?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let _ = c.ws.close(None).await;
+    Ok((ms, bytes))
+}
+
+struct PropResult {
+    lat: Vec<f64>,
+    acks: Vec<f64>,
+    sent_edits: u64,
+    up_bytes: u64,
+    b_bytes: u64,
+    lost: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn propagation(
+    server: &ServerProc,
+    room: &str,
+    id: &DocumentId,
+    scene: &mut AutoCommit,
+    clients: usize,
+    hz: f64,
+    seconds: f64,
+    tandem: bool,
+) -> Res<PropResult> {
+    let url = server.url(room);
+    let template = scene.clone().sync().generate_sync_message(&mut sync::State::new()).ok_or("template")?;
+    let nodes_obj = scene.get(ROOT, "nodes")?.ok_or("nodes")?.1;
+    let keys: Vec<String> = scene.keys(&nodes_obj).take(clients.max(1)).collect();
+    let probes: Arc<Mutex<HashMap<ChangeHash, Instant>>> = Arc::default();
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let up_bytes = Arc::new(AtomicU64::new(0));
+    let sent_edits = Arc::new(AtomicU64::new(0));
+    let b_bytes = Arc::new(AtomicU64::new(0));
+
+    // Receiver B: a proper sync first (so the server knows what B has), then decode-only.
+    let mut b = connect(&url, "B", false).await?;
+    let mut b_doc = scene.fork();
+    // In sync with the server: it may hold edits from an earlier phase that `scene` lacks.
+    // B announces itself with `request` (automerge-repo's Node server with sharePolicy
+    // false only keeps sending to peers that asked for the document).
+    full_sync(&mut b, id, &mut b_doc, true, Duration::from_secs(120), |d, s| {
+        s.their_heads.as_ref().is_some_and(|h| {
+            let (mut a, mut b) = (h.clone(), d.get_heads());
+            a.sort();
+            b.sort();
+            a == b
+        })
+    })
+    .await?;
+    drop(b_doc);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (probes_b, lat_b, stop_b, bytes_b) = (probes.clone(), lat.clone(), stop.clone(), b_bytes.clone());
+    let receiver = tokio::spawn(async move {
+        while !stop_b.load(Ordering::Relaxed) {
+            let Ok(Some(Ok(WsMessage::Binary(bytes)))) =
+                tokio::time::timeout(Duration::from_millis(200), b.ws.next()).await
+            else {
+                continue;
+            };
+            let now = Instant::now();
+            bytes_b.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            let Ok(Message::Sync(s)) = tandem_core::wire::decode(&bytes) else { continue };
+            let Ok(m) = sync::Message::decode(&s.data) else { continue };
+            for chunk in m.changes.iter() {
+                if let Ok(c) = automerge::Change::try_from(chunk)
+                    && let Some(t0) = probes_b.lock().ok().and_then(|mut p| p.remove(&c.hash()))
+                    && let Ok(mut l) = lat_b.lock()
+                {
+                    l.push((now - t0).as_secs_f64() * 1e3);
+                }
+            }
+        }
+        let _ = b.ws.close(None).await;
+    });
+
+    let n = (hz * seconds).round() as u64;
+    let mut editors = Vec::new();
+    let mut conns = Vec::new();
+    for k in 0..clients {
+        conns.push(connect(&url, &format!("E{k}"), tandem && k == 0).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(100);
+    for (k, c) in conns.into_iter().enumerate() {
+        let mut doc = scene.fork();
+        let (template, id, probes, acks) = (template.clone(), id.clone(), probes.clone(), acks.clone());
+        let (up_bytes, sent_edits) = (up_bytes.clone(), sent_edits.clone());
+        let node = doc.get(&nodes_obj, &keys[k % keys.len()])?.ok_or("node")?.1;
+        let parms = doc.get(&node, "parms")?.ok_or("parms")?.1;
+        editors.push(tokio::spawn(async move {
+            let (mut sink, mut stream) = c.ws.split();
+            let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            let sent_at2 = sent_at.clone();
+            let drain = tokio::spawn(async move {
+                while let Some(Ok(m)) = stream.next().await {
+                    if k == 0
+                        && let WsMessage::Binary(b) = m
+                        && let Ok(Message::TandemAck(a)) = tandem_core::wire::decode(&b)
+                        && let Some(t) = a.request_id.and_then(|r| sent_at2.lock().ok()?.remove(&r))
+                        && let Ok(mut v) = acks.lock()
+                    {
+                        v.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            });
+            // Stagger the editors across one tick.
+            let offset = Duration::from_secs_f64(k as f64 / clients as f64 / hz);
+            let mut tick = tokio::time::interval_at((start + offset).into(), Duration::from_secs_f64(1.0 / hz));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            for i in 0..n {
+                tick.tick().await;
+                doc.put(&parms, format!("p{}", i % 20), (i + 1) as f64 + k as f64 * 1e6)?;
+                doc.commit();
+                let change = doc.get_last_local_change().ok_or("change")?;
+                let (hash, bytes) = (change.hash(), change.raw_bytes().to_vec());
+                let data = push_message(&template, doc.get_heads(), vec![bytes]);
+                let rid = (tandem && k == 0).then_some(i + 1);
+                let m = Message::Sync(SyncMessage {
+                    sender_id: c.peer.clone(),
+                    target_id: c.server.clone(),
+                    document_id: id.clone(),
+                    data,
+                    request_id: rid,
+                });
+                let frame = m.encode();
+                up_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                sent_edits.fetch_add(1, Ordering::Relaxed);
+                if k == 0 {
+                    let now = Instant::now();
+                    probes.lock().map_err(|_| "poisoned")?.insert(hash, now);
+                    if let Some(r) = rid {
+                        sent_at.lock().map_err(|_| "poisoned")?.insert(r, now);
+                    }
+                }
+                sink.send(WsMessage::Binary(frame.into())).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drain.abort();
+            let _ = sink.close().await;
+            Res::Ok(())
+        }));
+    }
+    for e in editors {
+        e.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !probes.lock().map_err(|_| "poisoned")?.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    receiver.await?;
+    let lost = probes.lock().map_err(|_| "poisoned")?.len();
+    let lat = lat.lock().map_err(|_| "poisoned")?.clone();
+    let acks = acks.lock().map_err(|_| "poisoned")?.clone();
+    Ok(PropResult {
+        lat,
+        acks,
+        sent_edits: sent_edits.load(Ordering::Relaxed),
+        up_bytes: up_bytes.load(Ordering::Relaxed),
+        b_bytes: b_bytes.load(Ordering::Relaxed),
+        lost,
+    })
+}
+
+async fn run(o: Opts) -> Res<()> {
+    let mut samples = match &o.samples {
+        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+        None => None,
+    };
+    for &nodes in &o.nodes {
+        let t = Instant::now();
+        let mut scene = build_scene(nodes);
+        eprintln!("[{}] built {nodes}-node scene in {:.2} s", o.name, t.elapsed().as_secs_f64());
+        let heads = scene.get_heads();
+        let server = ServerProc::start(&o.cmd)?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (rss_idle, cpu0) = (server.rss(), server.cpu());
+        let room = format!("scene{nodes}");
+        let t = Instant::now();
+        let id = upload(&server, &room, &mut scene, o.tandem).await?;
+        let upload_ms = t.elapsed().as_secs_f64() * 1e3;
+        let mut joins = Vec::new();
+        let mut join_bytes = 0;
+        for _ in 0..o.joins {
+            let (ms, b) = late_join(&server, &room, &id, &heads).await?;
+            joins.push(ms);
+            join_bytes = b;
+        }
+        eprintln!("[{}] {nodes} nodes: upload {upload_ms:.0} ms, late joins {joins:.0?} ms", o.name);
+        let rss_loaded = server.rss();
+        let cpu_load = server.cpu() - cpu0;
+        let mut jv = joins.clone();
+        let join_p50 = percentile(&mut jv, 0.5);
+        for &clients in &o.clients {
+            let cpu0 = server.cpu();
+            let t = Instant::now();
+            let r = propagation(&server, &room, &id, &mut scene, clients, o.hz, o.seconds, o.tandem).await?;
+            let wall = t.elapsed().as_secs_f64();
+            let cpu = server.cpu() - cpu0;
+            if let Some(f) = samples.as_mut() {
+                for v in &r.lat {
+                    writeln!(f, "{},{nodes},{clients},propagation,{v:.4}", o.name)?;
+                }
+                for v in &r.acks {
+                    writeln!(f, "{},{nodes},{clients},durable_ack,{v:.4}", o.name)?;
+                }
+            }
+            let (mut lat, mut acks) = (r.lat.clone(), r.acks.clone());
+            let line = json!({
+                "server": o.name, "nodes": nodes, "clients": clients, "hz": o.hz,
+                "seconds": o.seconds,
+                "prop_p50_ms": percentile(&mut lat, 0.5), "prop_p99_ms": percentile(&mut lat, 0.99),
+                "prop_samples": r.lat.len(), "prop_lost": r.lost,
+                "ack_p50_ms": if o.tandem { json!(percentile(&mut acks, 0.5)) } else { json!(null) },
+                "ack_p99_ms": if o.tandem { json!(percentile(&mut acks, 0.99)) } else { json!(null) },
+                "join_ms": joins, "join_p50_ms": join_p50, "join_bytes": join_bytes,
+                "upload_ms": upload_ms,
+                "edits": r.sent_edits,
+                "up_bytes_per_edit": r.up_bytes as f64 / r.sent_edits.max(1) as f64,
+                "down_bytes_per_edit_b": r.b_bytes as f64 / r.sent_edits.max(1) as f64,
+                "server_cpu_s": cpu, "server_cpu_pct": 100.0 * cpu / wall,
+                "server_cpu_load_s": cpu_load,
+                "rss_idle_mb": rss_idle as f64 / 1e6, "rss_loaded_mb": rss_loaded as f64 / 1e6,
+                "rss_after_mb": server.rss() as f64 / 1e6, "rss_peak_mb": server.hwm() as f64 / 1e6,
+            });
+            println!("{line}");
+            std::io::stdout().flush()?;
+            eprintln!(
+                "[{}] {nodes} nodes × {clients} clients: p50 {:.2} ms p99 {:.2} ms ({} samples, {} lost), cpu {:.2} s",
+                o.name, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99), r.lat.len(), r.lost, cpu
+            );
+        }
+        server.stop();
+    }
+    Ok(())
+}
+
+fn main() {
+    let o = parse_args();
+    if o.cmd.is_empty() {
+        eprintln!("usage: peer-bench --name NAME [--nodes 1000,10000] [--clients 1,10,50] [--hz 60] [--seconds 3] [--tandem] [--samples FILE] -- SERVER-CMD...");
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if let Err(e) = rt.block_on(run(o)) {
+        eprintln!("peer-bench failed: {e}");
+        std::process::exit(1);
+    }
+}
