@@ -1,0 +1,470 @@
+"""The tick: local changes in, remote changes out, on Blender's main thread.
+
+``Mirror`` keeps a *baseline*: for every synced node, what the document held when this
+Blender last wrote or applied it. A tick
+
+1. drains the remote events queued by the client's network thread (it only notes which
+   nodes they touch);
+2. finds the local candidates cheaply — a ``foreach_get`` scan of every object's transform
+   and visibility compared with the previous tick, the set of datablocks the depsgraph
+   handler marked dirty, a round-robin sweep of a few hundred datablocks (which is what
+   catches custom-property edits, renames and deletions, none of which the depsgraph
+   reports), the datablocks the remote events touch, and a change of the list of names;
+3. snapshots only those, compares each with its baseline (floats compared as 32-bit), and
+   for those that really changed sends *the document's current node with the local changes
+   laid over it* — a three-way merge, so a remote edit that arrived since the baseline is
+   never written back over;
+4. commits, then makes Blender match the document for every node the events touched and
+   sets their baselines to the document's nodes — so re-diffing after an apply yields no op.
+
+Edits to an object the local user has in Edit or Sculpt mode are held and applied when the
+user leaves that mode.
+"""
+
+import time
+
+import bpy
+import numpy as np
+
+from . import snapshot as S
+from .apply import Applier
+from .ids import Registry
+from .values import pretty_value, same32
+
+HOLD_MODES = ("EDIT", "SCULPT")
+UNIT_KINDS = (S.COLLECTION, S.MATERIAL)
+
+#: Filled by the depsgraph handler (runs on the main thread): (id type, session_uid).
+DIRTY = set()
+
+
+def on_depsgraph_update(scene, depsgraph):
+    """Only marks dirty; the tick decides what changed."""
+    for u in depsgraph.updates:
+        idb = u.id.original
+        DIRTY.add((idb.id_type, idb.session_uid))
+
+
+def _is_unit(kind):
+    return kind.startswith(S.OBJECT) or kind in UNIT_KINDS
+
+
+def _send_form(n):
+    """A node as sent: RNA floats in their shortest 32-bit form (custom props are doubles)."""
+    p = {k: (v if k.startswith("prop:") else pretty_value(v)) for k, v in n["parms"].items()}
+    out = dict(n)
+    out["parms"] = p
+    return out
+
+
+def _core(n):
+    return {
+        "kind": n["kind"],
+        "name": n["name"],
+        "parent": n.get("parent"),
+        "parms": n.get("parms") or {},
+        "inputs": n.get("inputs") or {},
+    }
+
+
+class Stats:
+    def __init__(self):
+        self.ticks = 0
+        self.last_ms = 0.0
+        self.sent = 0
+        self.applied = 0
+        self.held = 0
+        self.scanned = 0
+
+
+class Mirror:
+    """Keeps one Blender scene and one ``tandem`` scene document in step.
+
+    ``doc`` is a ``tandem.Scene`` (anything with ``diff``, ``commit``, ``drain_events``,
+    ``node`` and ``snapshot``).
+    """
+
+    def __init__(self, doc, scene=None, sweep_objects=256, sweep_other=32, commit_interval=0.0):
+        self.doc = doc
+        self.scene = scene or bpy.context.scene
+        self.regs = {k: Registry() for k in ("objects", "collections", "materials")}
+        self.applier = Applier(self.regs, self.scene)
+        self.base = {}  # node id -> node dict as the document had it
+        self.children = {}  # unit id -> ids of its child nodes (modifiers, shader nodes)
+        self.sweep_objects = sweep_objects
+        self.sweep_other = sweep_other
+        self.commit_interval = commit_interval
+        self.held = {}  # node id -> object name, held while that object is in Edit/Sculpt
+        self.stats = Stats()
+        self._cursor = {"objects": 0, "materials": 0, "collections": 0}
+        self._prev = None  # (uids, names, values) from the last object scan
+        self._row_of_uid = {}
+        self._names = {"materials": None, "collections": None}
+        self._ids_by_uid = {"objects": {}, "materials": {}, "collections": {}}
+        self.warnings = self.applier.warnings
+
+    # ------------------------------------------------------------ start
+
+    def start(self):
+        """Joins: the document wins for nodes it has; local-only datablocks are sent."""
+        for key in ("collections", "materials", "objects"):
+            self._assign(key)
+        doc_nodes = [n for n in self.doc.snapshot()["nodes"] if self._ours(n["kind"])]
+        self.applier.apply_nodes(doc_nodes)
+        for n in doc_nodes:
+            self.base[n["id"]] = n
+            if n.get("parent") and not _is_unit(n["kind"]):
+                self.children.setdefault(n["parent"], set()).add(n["id"])
+        self._prev = None
+        self.tick(full=True)
+
+    @staticmethod
+    def _ours(kind):
+        return kind.startswith(("blender.object/", "blender.modifier/", "blender.shader/")) or kind in UNIT_KINDS
+
+    # ------------------------------------------------------------ tick
+
+    def tick(self, full=False, events=None):
+        """One step; returns the number of nodes sent plus nodes applied.
+
+        `events` are ones the caller already drained (e.g. with ``wait_events``).
+        """
+        t0 = time.perf_counter()
+        events = list(events or ()) + list(self.doc.drain_events())
+        touched = []
+        seen = set()
+        for e in events:
+            if e.get("type") == "NodeAdded":
+                nid = e["node"]["id"]
+            else:
+                nid = e.get("id")
+            if nid and nid not in seen:
+                seen.add(nid)
+                touched.append(nid)
+
+        obs, removed = self._scan_objects(full)
+        mats, colls, removed2 = self._scan_others(full)
+        removed |= removed2
+        for key, uid in self._drain_dirty():
+            if key == "objects":
+                obs.add(uid)
+            elif key == "materials":
+                mats.add(uid)
+            elif key == "collections":
+                colls.add(uid)
+        # Capture local edits of whatever the remote events touch before overwriting it.
+        for nid in touched:
+            b = self.base.get(nid)
+            if b is None:
+                continue
+            unit = nid if _is_unit(b["kind"]) else b.get("parent")
+            ub = self.base.get(unit)
+            if ub is None:
+                continue
+            if ub["kind"].startswith(S.OBJECT):
+                ob = self.applier.object(unit)
+                if ob is not None:
+                    obs.add(ob.session_uid)
+            elif ub["kind"] == S.MATERIAL:
+                m = self.applier.material(unit)
+                if m is not None:
+                    mats.add(m.session_uid)
+
+        sent = self._capture(obs, mats, colls, removed)
+        applied = self._apply(touched)
+        self.stats.ticks += 1
+        self.stats.sent += sent
+        self.stats.applied += applied
+        self.stats.last_ms = (time.perf_counter() - t0) * 1000.0
+        return sent + applied
+
+    # ------------------------------------------------------------ detection
+
+    def _assign(self, key):
+        coll = getattr(bpy.data, key)
+        pairs = self.regs[key].assign(list(coll))
+        self._ids_by_uid[key] = {b.session_uid: t for t, b in pairs}
+        return pairs
+
+    def _drain_dirty(self):
+        out = []
+        if not DIRTY:
+            return out
+        items = list(DIRTY)
+        DIRTY.clear()
+        for id_type, uid in items:
+            if id_type == "OBJECT":
+                out.append(("objects", uid))
+            elif id_type == "MATERIAL":
+                out.append(("materials", uid))
+            elif id_type == "COLLECTION":
+                out.append(("collections", uid))
+            elif id_type in ("CAMERA", "LIGHT", "ACTION", "NODETREE"):
+                # Data shared by objects or materials: find the users (few of them).
+                for ob in bpy.data.objects:
+                    d = ob.data
+                    if (d is not None and d.session_uid == uid) or (
+                        ob.animation_data is not None
+                        and ob.animation_data.action is not None
+                        and ob.animation_data.action.session_uid == uid
+                    ):
+                        out.append(("objects", ob.session_uid))
+                if id_type == "NODETREE":
+                    for m in bpy.data.materials:
+                        if m.node_tree is not None and m.node_tree.session_uid == uid:
+                            out.append(("materials", m.session_uid))
+        return out
+
+    def _scan_objects(self, full):
+        """Session uids of objects to snapshot, and ids of objects gone."""
+        objs = bpy.data.objects
+        n = len(objs)
+        uids = np.empty(n, dtype=np.int64)
+        objs.foreach_get("session_uid", uids)
+        vals = np.empty((n, 11), dtype=np.float32)
+        tmp = np.empty(n * 3, dtype=np.float32)
+        for j, attr in enumerate(("location", "rotation_euler", "scale")):
+            objs.foreach_get(attr, tmp)
+            vals[:, 3 * j : 3 * j + 3] = tmp.reshape(n, 3)
+        hb = np.empty(n, dtype=bool)
+        for j, attr in enumerate(("hide_viewport", "hide_render")):
+            objs.foreach_get(attr, hb)
+            vals[:, 9 + j] = hb
+        names = objs.keys()
+        cand = set()
+        removed = set()
+        prev = self._prev
+        if full or prev is None or prev[1] != names or not np.array_equal(prev[0], uids):
+            self._assign("objects")
+            ids = self._ids_by_uid["objects"]
+            present = set(ids.values())
+            for nid, b in self.base.items():
+                if b["kind"].startswith(S.OBJECT) and nid not in present:
+                    removed.add(nid)
+            if full or prev is None:
+                cand.update(uids.tolist())
+            else:
+                prow = {u: i for i, u in enumerate(prev[0].tolist())}
+                pnames = prev[1]
+                for i, u in enumerate(uids.tolist()):
+                    j = prow.get(u)
+                    if j is None or pnames[j] != names[i] or not np.array_equal(prev[2][j], vals[i]):
+                        cand.add(u)
+        else:
+            rows = np.nonzero((vals != prev[2]).any(axis=1))[0]
+            cand.update(uids[rows].tolist())
+        # Round-robin sweep: what no cheap detector sees (custom props, parenting...).
+        if n and not full:
+            k = min(self.sweep_objects, n)
+            c = self._cursor["objects"] % n
+            idx = np.arange(c, c + k) % n
+            cand.update(uids[idx].tolist())
+            self._cursor["objects"] = (c + k) % n
+        self._prev = (uids, names, vals)
+        return cand, removed
+
+    def _scan_others(self, full):
+        removed = set()
+        out = {}
+        for key in ("materials", "collections"):
+            coll = getattr(bpy.data, key)
+            names = coll.keys()
+            if full or self._names[key] != names:
+                self._assign(key)
+                self._names[key] = names
+                present = set(self._ids_by_uid[key].values())
+                kind = S.MATERIAL if key == "materials" else S.COLLECTION
+                for nid, b in self.base.items():
+                    if b["kind"] == kind and nid not in present:
+                        removed.add(nid)
+                out[key] = set(self._ids_by_uid[key])
+                continue
+            n = len(coll)
+            if n <= self.sweep_other:
+                out[key] = set(self._ids_by_uid[key])
+            else:
+                c = self._cursor[key] % n
+                sel = set()
+                for i in range(c, c + self.sweep_other):
+                    sel.add(coll[i % n].session_uid)
+                self._cursor[key] = (c + self.sweep_other) % n
+                out[key] = sel
+        return out["materials"], out["collections"], removed
+
+    # ------------------------------------------------------------ capture
+
+    def _capture(self, obs, mats, colls, removed):
+        ctx = None
+        nodes = []
+        units = []
+        if obs or mats or colls:
+            ctx = S.Context(self.scene)
+        if colls:
+            by_uid = {c.session_uid: c for c in bpy.data.collections}
+            for u in colls:
+                c = by_uid.get(u)
+                if c is not None and c.library is None and c.get("tandem_id"):
+                    ns = S.snap_collection(c, ctx)
+                    units.append(ns[0]["id"])
+                    nodes.extend(ns)
+        if mats:
+            by_uid = {m.session_uid: m for m in bpy.data.materials} if len(mats) > 4 else None
+            for u in mats:
+                m = by_uid.get(u) if by_uid is not None else _find_uid(bpy.data.materials, u)
+                if m is not None and m.library is None and m.get("tandem_id"):
+                    ns = S.snap_material(m, ctx)
+                    units.append(ns[0]["id"])
+                    nodes.extend(ns)
+        if obs:
+            objs = bpy.data.objects
+            ids = self._ids_by_uid["objects"]
+            prev = self._prev
+            row = {u: i for i, u in enumerate(prev[0].tolist())} if prev is not None else {}
+            for u in obs:
+                i = row.get(u)
+                ob = objs[i] if i is not None and i < len(objs) else None
+                if ob is None or ob.session_uid != u:
+                    ob = _find_uid(objs, u)
+                if ob is None or ob.library is not None or ob.get("tandem_id") != ids.get(u, ob.get("tandem_id")):
+                    continue
+                if not ob.get("tandem_id"):
+                    continue
+                ns = S.snap_object(ob, ctx)
+                units.append(ns[0]["id"])
+                nodes.extend(ns)
+        self.stats.scanned += len(units)
+        send = []
+        gone = set()
+        for nid in removed:
+            if nid in self.base:
+                gone.add(nid)
+                gone.update(self.children.get(nid, ()))
+        present = {n["id"] for n in nodes}
+        for u in units:
+            for c in self.children.get(u, ()):
+                if c not in present and c in self.base:
+                    gone.add(c)
+        for n in nodes:
+            b = self.base.get(n["id"])
+            if b is None:
+                out = _send_form(n)
+            else:
+                out = self._merge(n, b)
+                if out is None:
+                    continue
+            send.append(out)
+        if not send and not gone:
+            return 0
+        for nid in gone:
+            b = self.base.pop(nid, None)
+            if b and b.get("parent") in self.children:
+                self.children[b["parent"]].discard(nid)
+            self.children.pop(nid, None)
+        self.doc.diff(send, sorted(gone))
+        if self.commit_interval > 0:
+            self.doc.commit_due(self.commit_interval)
+        else:
+            self.doc.commit()
+        for n in send:
+            self.base[n["id"]] = n
+            if n.get("parent") and not _is_unit(n["kind"]):
+                self.children.setdefault(n["parent"], set()).add(n["id"])
+        return len(send) + len(gone)
+
+    def _merge(self, n, b):
+        """The node to send when local `n` differs from baseline `b`, or None if it does not.
+
+        Three-way: the document's current node with only the local changes laid over it.
+        """
+        lp, bp = n["parms"], b.get("parms") or {}
+        changed = {}
+        for k, v in lp.items():
+            bv = bp.get(k)
+            if bv is None or not same32(v, bv):
+                changed[k] = v
+        dropped = [k for k in bp if k not in lp and S.owned(k)]
+        name = n["name"] if n["name"] != b["name"] else None
+        parent = n.get("parent") != b.get("parent")
+        linputs = n.get("inputs")
+        inputs = linputs is not None and linputs != (b.get("inputs") or {})
+        if not changed and not dropped and name is None and not parent and not inputs:
+            return None
+        theirs = self.doc.node(n["id"])
+        if theirs is None:
+            return None  # removed remotely: the removal wins, its event is on the way
+        out = dict(theirs)
+        p = dict(out.get("parms") or {})
+        for k, v in changed.items():
+            p[k] = v if k.startswith("prop:") else pretty_value(v)
+        for k in dropped:
+            p.pop(k, None)
+        out["parms"] = p
+        if name is not None:
+            out["name"] = n["name"]
+        if parent:
+            out["parent"] = n.get("parent")
+        if inputs:
+            out["inputs"] = linputs
+        return out
+
+    # ------------------------------------------------------------ apply
+
+    def _apply(self, touched):
+        # Release holds whose object left Edit/Sculpt mode.
+        if self.held:
+            for nid, obname in list(self.held.items()):
+                ob = bpy.data.objects.get(obname)
+                if ob is None or ob.mode not in HOLD_MODES:
+                    del self.held[nid]
+                    if nid not in touched:
+                        touched.append(nid)
+        if not touched:
+            return 0
+        upserts = []
+        removals = []
+        for nid in touched:
+            d = self.doc.node(nid)
+            if d is not None and not self._ours(d["kind"]):
+                continue
+            b = self.base.get(nid)
+            kind = (d or b or {}).get("kind")
+            if kind is None:
+                continue
+            owner = nid if kind.startswith(S.OBJECT) else (d or b).get("parent")
+            if kind.startswith((S.OBJECT, S.MODIFIER)):
+                ob = self.applier.object(owner)
+                if ob is not None and ob.mode in HOLD_MODES:
+                    self.held[nid] = ob.name
+                    self.stats.held += 1
+                    continue
+            if d is None:
+                removals.append((nid, b))
+            else:
+                upserts.append(d)
+        if upserts:
+            self.applier.apply_nodes(upserts)
+            for d in upserts:
+                self.base[d["id"]] = d
+                if d.get("parent") and not _is_unit(d["kind"]):
+                    self.children.setdefault(d["parent"], set()).add(d["id"])
+        # Children before their owners.
+        removals.sort(key=lambda r: _is_unit(r[1]["kind"]) if r[1] else True)
+        for nid, b in removals:
+            if b is None:
+                continue
+            self.applier.remove(nid, b["kind"], b.get("parent"))
+            self.base.pop(nid, None)
+            if b.get("parent") in self.children:
+                self.children[b["parent"]].discard(nid)
+        if upserts or removals:
+            # Datablocks created or renamed here are not new local ones.
+            for key in ("collections", "materials"):
+                self._names[key] = None
+        return len(upserts) + len(removals)
+
+
+def _find_uid(coll, uid):
+    for b in coll:
+        if b.session_uid == uid:
+            return b
+    return None
