@@ -36,6 +36,12 @@ UNIT_KINDS = (S.COLLECTION, S.MATERIAL)
 
 #: Filled by the depsgraph handler (runs on the main thread): (id type, session_uid).
 DIRTY = set()
+#: Bumped by undo/redo/file-load handlers: Python references to datablocks are stale then.
+EPOCH = [0]
+
+
+def bump_epoch(*_args):
+    EPOCH[0] += 1
 
 
 def on_depsgraph_update(scene, depsgraph):
@@ -84,12 +90,13 @@ class Mirror:
     ``node`` and ``snapshot``).
     """
 
-    def __init__(self, doc, scene=None, sweep_objects=256, sweep_other=32, commit_interval=0.0):
+    def __init__(self, doc, scene=None, sweep_objects=64, sweep_other=16, commit_interval=0.0):
         self.doc = doc
         self.scene = scene or bpy.context.scene
         self.regs = {k: Registry() for k in ("objects", "collections", "materials")}
         self.applier = Applier(self.regs, self.scene)
         self.base = {}  # node id -> node dict as the document had it
+        self.seen = {}  # node id -> the local snapshot last found equal to the baseline
         self.children = {}  # unit id -> ids of its child nodes (modifiers, shader nodes)
         self.sweep_objects = sweep_objects
         self.sweep_other = sweep_other
@@ -99,6 +106,8 @@ class Mirror:
         self._cursor = {"objects": 0, "materials": 0, "collections": 0}
         self._prev = None  # (uids, names, values) from the last object scan
         self._row_of_uid = {}
+        self._obj_list = []
+        self._epoch = EPOCH[0]
         self._names = {"materials": None, "collections": None}
         self._ids_by_uid = {"objects": {}, "materials": {}, "collections": {}}
         self.warnings = self.applier.warnings
@@ -234,7 +243,11 @@ class Mirror:
         cand = set()
         removed = set()
         prev = self._prev
-        if full or prev is None or prev[1] != names or not np.array_equal(prev[0], uids):
+        stale = self._epoch != EPOCH[0]
+        if stale or full or prev is None or prev[1] != names or not np.array_equal(prev[0], uids):
+            self._epoch = EPOCH[0]
+            self._row_of_uid = {u: i for i, u in enumerate(uids.tolist())}
+            self._obj_list = list(objs)
             self._assign("objects")
             ids = self._ids_by_uid["objects"]
             present = set(ids.values())
@@ -318,11 +331,11 @@ class Mirror:
         if obs:
             objs = bpy.data.objects
             ids = self._ids_by_uid["objects"]
-            prev = self._prev
-            row = {u: i for i, u in enumerate(prev[0].tolist())} if prev is not None else {}
+            row = self._row_of_uid
+            obj_list = self._obj_list
             for u in obs:
                 i = row.get(u)
-                ob = objs[i] if i is not None and i < len(objs) else None
+                ob = obj_list[i] if i is not None else None
                 if ob is None or ob.session_uid != u:
                     ob = _find_uid(objs, u)
                 if ob is None or ob.library is not None or ob.get("tandem_id") != ids.get(u, ob.get("tandem_id")):
@@ -344,18 +357,25 @@ class Mirror:
             for c in self.children.get(u, ()):
                 if c not in present and c in self.base:
                     gone.add(c)
+        seen = self.seen
         for n in nodes:
-            b = self.base.get(n["id"])
+            nid = n["id"]
+            if seen.get(nid) == n:  # plain dict compare: the cheap common case
+                continue
+            b = self.base.get(nid)
             if b is None:
                 out = _send_form(n)
             else:
                 out = self._merge(n, b)
                 if out is None:
+                    seen[nid] = n
                     continue
+            seen[nid] = n
             send.append(out)
         if not send and not gone:
             return 0
         for nid in gone:
+            self.seen.pop(nid, None)
             b = self.base.pop(nid, None)
             if b and b.get("parent") in self.children:
                 self.children[b["parent"]].discard(nid)
@@ -445,6 +465,7 @@ class Mirror:
             self.applier.apply_nodes(upserts)
             for d in upserts:
                 self.base[d["id"]] = d
+                self.seen.pop(d["id"], None)
                 if d.get("parent") and not _is_unit(d["kind"]):
                     self.children.setdefault(d["parent"], set()).add(d["id"])
         # Children before their owners.
@@ -454,6 +475,7 @@ class Mirror:
                 continue
             self.applier.remove(nid, b["kind"], b.get("parent"))
             self.base.pop(nid, None)
+            self.seen.pop(nid, None)
             if b.get("parent") in self.children:
                 self.children[b["parent"]].discard(nid)
         if upserts or removals:

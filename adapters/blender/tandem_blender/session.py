@@ -11,7 +11,7 @@ import tempfile
 
 import bpy
 
-from .mirror import DIRTY, Mirror, on_depsgraph_update
+from .mirror import DIRTY, Mirror, bump_epoch, on_depsgraph_update
 
 
 def import_tandem():
@@ -28,16 +28,32 @@ def _depsgraph_handler(scene, depsgraph):
     on_depsgraph_update(scene, depsgraph)
 
 
+@bpy.app.handlers.persistent
+def _epoch_handler(*_args):
+    bump_epoch()
+
+
+_EPOCH_LISTS = ("undo_post", "redo_post", "load_post")
+
+
 def install_handler():
     hs = bpy.app.handlers.depsgraph_update_post
     if _depsgraph_handler not in hs:
         hs.append(_depsgraph_handler)
+    for name in _EPOCH_LISTS:
+        hs = getattr(bpy.app.handlers, name)
+        if _epoch_handler not in hs:
+            hs.append(_epoch_handler)
 
 
 def remove_handler():
     hs = bpy.app.handlers.depsgraph_update_post
     while _depsgraph_handler in hs:
         hs.remove(_depsgraph_handler)
+    for name in _EPOCH_LISTS:
+        hs = getattr(bpy.app.handlers, name)
+        while _epoch_handler in hs:
+            hs.remove(_epoch_handler)
     DIRTY.clear()
 
 

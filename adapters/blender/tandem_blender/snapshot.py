@@ -245,6 +245,25 @@ class Context:
                 self.coll_parent.setdefault(ch.name, c)
         for ch in self.scene.collection.children:
             self.root_colls.add(ch.name)
+        self._obj_colls = None
+
+    def object_collections(self, ob):
+        """Keys of the collections holding `ob` (``Object.users_collection`` scans every
+        collection for every object: far too slow at 10k objects)."""
+        m = self._obj_colls
+        if m is None:
+            m = {}
+            for n in self.scene.collection.objects.keys():
+                m.setdefault(n, []).append("coll:scene")
+            for c in bpy.data.collections:
+                t = c.get(ID_PROP)
+                if t is None or c.library is not None:
+                    continue
+                key = "coll:" + t
+                for n in c.objects.keys():
+                    m.setdefault(n, []).append(key)
+            self._obj_colls = m
+        return m.get(ob.name, ())
 
 
 def snap_object(ob, ctx, animated_out=None):
@@ -280,13 +299,8 @@ def snap_object(ob, ctx, animated_out=None):
         p["empty_display_type"] = ob.empty_display_type
         p["empty_display_size"] = ob.empty_display_size
     custom_props(ob, p)
-    for c in ob.users_collection:
-        if c.is_embedded_data:
-            p["coll:scene"] = True
-        else:
-            ct = tid(c)
-            if ct is not None:
-                p["coll:" + ct] = True
+    for key in ctx.object_collections(ob):
+        p[key] = True
     for i, slot in enumerate(ob.material_slots):
         mt = tid(slot.material)
         if mt is not None:

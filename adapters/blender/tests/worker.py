@@ -77,17 +77,26 @@ def op_wait_heads(heads, timeout=10.0):
 
 
 def op_wait_edit(expr, timeout=10.0):
-    """Waits for remote events, ticking, until `expr` is true; returns seconds waited."""
+    """Waits for remote events, ticking, until `expr` is true; returns the wall time then."""
     t0 = time.perf_counter()
     deadline = t0 + timeout
     while True:
         if eval(expr, G):
-            return time.perf_counter() - t0
+            return time.time()
         left = deadline - time.perf_counter()
         if left <= 0:
             raise TimeoutError(f"{expr} still false after {timeout}s")
         ev = link.doc.wait_events(min(left, 1.0))
         link.tick(events=ev)
+
+
+def op_edit_tick(code):
+    """Runs an edit and ticks (sends it); returns the wall time just before the edit."""
+    t = time.time()
+    exec(code, G)
+    bpy.context.view_layer.update()
+    link.tick()
+    return t
 
 
 def op_disconnect():
