@@ -28,7 +28,7 @@ pub enum Error {
     Protocol(String),
     /// The server answered a request with an error code (`unauthorized`, `unknown_doc`, ...).
     #[error("server error {code}: {message}")]
-    Server {
+    ServerRefused {
         /// The machine-readable code.
         code: String,
         /// The human-readable message.
@@ -44,7 +44,7 @@ pub enum Error {
     },
     /// The scene refused the host's input (bad node, bad value, duplicate id).
     #[error("scene: {0}")]
-    Scene(#[from] tandem_core::Error),
+    BadInput(#[from] tandem_core::Error),
     /// An argument that is neither a scene nor a wire error (a bad document id, a user name).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -61,9 +61,9 @@ impl Error {
             Error::Unreachable(_) => "Unreachable",
             Error::VersionMismatch(_) => "VersionMismatch",
             Error::Protocol(_) => "Protocol",
-            Error::Server { .. } => "Server",
+            Error::ServerRefused { .. } => "ServerRefused",
             Error::Replica { .. } => "Replica",
-            Error::Scene(_) => "Scene",
+            Error::BadInput(_) => "BadInput",
             Error::InvalidArgument(_) => "InvalidArgument",
             Error::Closed => "Closed",
         }

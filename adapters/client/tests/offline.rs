@@ -111,11 +111,12 @@ fn a_replica_from_an_older_session_resumes_without_redownloading() {
     // A scene built over many changes, as an editing session builds it.
     let mut nodes = Vec::new();
     for batch in 0..100 {
-        for i in 0..20 {
-            nodes.push(with(node(&format!("n{batch}-{i}")), "tx", i as f64));
-        }
-        sa.diff_full(&nodes).unwrap();
+        let new: Vec<_> = (0..20)
+            .map(|i| with(node(&format!("n{batch}-{i}")), "tx", i as f64))
+            .collect();
+        sa.diff_nodes(&new, &[]).unwrap();
         sa.commit(None).unwrap();
+        nodes.extend(new);
     }
     assert!(sa.wait_saved(T));
 
@@ -131,7 +132,8 @@ fn a_replica_from_an_older_session_resumes_without_redownloading() {
     // While bob is away, alice changes 10 parms.
     for k in 0..10 {
         nodes[k * 7] = with(nodes[k * 7].clone(), "tx", 100.0 + k as f64);
-        sa.diff_full(&nodes).unwrap();
+        sa.diff_nodes(std::slice::from_ref(&nodes[k * 7]), &[])
+            .unwrap();
         sa.commit(None).unwrap();
     }
     assert!(sa.wait_saved(T));
