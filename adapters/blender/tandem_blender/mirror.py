@@ -29,7 +29,7 @@ import numpy as np
 from . import snapshot as S
 from .apply import Applier
 from .ids import Registry
-from .values import pretty_value, same32
+from .values import merge3, pretty_value, same32
 
 HOLD_MODES = ("EDIT", "SCULPT")
 UNIT_KINDS = (S.COLLECTION, S.MATERIAL)
@@ -397,6 +397,7 @@ class Mirror:
         Three-way: the document's current node with only the local changes laid over it.
         """
         lp, bp = n["parms"], b.get("parms") or {}
+        _freeze_animated(lp, bp)
         changed = {}
         for k, v in lp.items():
             bv = bp.get(k)
@@ -415,6 +416,8 @@ class Mirror:
         out = dict(theirs)
         p = dict(out.get("parms") or {})
         for k, v in changed.items():
+            if k in p and k in bp:
+                v = merge3(v, bp[k], p[k])
             p[k] = v if k.startswith("prop:") else pretty_value(v)
         for k in dropped:
             p.pop(k, None)
@@ -462,6 +465,23 @@ class Mirror:
             else:
                 upserts.append(d)
         if upserts:
+            # A collection or material that is new here may be what objects applied in an
+            # earlier tick referred to: re-apply those objects so the reference resolves.
+            fresh = {
+                d["id"]
+                for d in upserts
+                if d["kind"] in UNIT_KINDS and d["id"] not in self.base
+            }
+            if fresh:
+                queued = {d["id"] for d in upserts}
+                for nid, b in list(self.base.items()):
+                    if nid in queued or not b["kind"].startswith(S.OBJECT):
+                        continue
+                    for k, v in (b.get("parms") or {}).items():
+                        ref = k[5:] if k.startswith("coll:") else (v.get("node") if type(v) is dict else None)
+                        if ref in fresh:
+                            upserts.append(b)
+                            break
             self.applier.apply_nodes(upserts)
             for d in upserts:
                 self.base[d["id"]] = d
@@ -483,6 +503,20 @@ class Mirror:
             for key in ("collections", "materials"):
                 self._names[key] = None
         return len(upserts) + len(removals)
+
+
+def _freeze_animated(lp, bp):
+    """An animated channel's static value is whatever the last frame evaluated to: keep
+    the baseline's so playback or re-evaluation never reads as an edit (the curve syncs)."""
+    for k in lp:
+        if not k.startswith("anim:"):
+            continue
+        path, _, idx = k[5:].rpartition("[")
+        v, bv = lp.get(path), bp.get(path)
+        if type(v) is list and type(bv) is list and len(v) == len(bv):
+            i = int(idx.rstrip("]"))
+            if i < len(v):
+                v[i] = bv[i]
 
 
 def _find_uid(coll, uid):

@@ -80,3 +80,31 @@ def frame_key(f):
     if f == int(f):
         return str(int(f))
     return repr(f)
+
+
+def merge3(local, base, theirs):
+    """The value to write when `local` differs from `base` and the document now holds
+    `theirs`: only what changed locally is laid over `theirs` — per component for vectors,
+    per key for curves — so a concurrent remote edit of another component survives."""
+    if type(local) is list and type(base) is list and type(theirs) is list:
+        if len(local) == len(base) == len(theirs):
+            return [t if same32(l, b) else l for l, b, t in zip(local, base, theirs)]
+        return local
+    if (
+        type(local) is dict
+        and "curve" in local
+        and type(base) is dict
+        and "curve" in base
+        and type(theirs) is dict
+        and "curve" in theirs
+    ):
+        lk, bk = local["curve"], base["curve"]
+        keys = dict(theirs["curve"])
+        for f, k in lk.items():
+            if f not in bk or not same32(k, bk[f]):
+                keys[f] = k
+        for f in bk:
+            if f not in lk:
+                keys.pop(f, None)
+        return {"curve": keys}
+    return local
