@@ -38,6 +38,7 @@ UNIT_KINDS = (S.COLLECTION, S.MATERIAL)
 DIRTY = set()
 #: Bumped by undo/redo/file-load handlers: Python references to datablocks are stale then.
 EPOCH = [0]
+_DEBUG = bool(__import__("os").environ.get("TANDEM_DEBUG"))
 
 
 def bump_epoch(*_args):
@@ -81,6 +82,7 @@ class Stats:
         self.applied = 0
         self.held = 0
         self.scanned = 0
+        self.repairs = 0
 
 
 class Mirror:
@@ -108,6 +110,7 @@ class Mirror:
         self._row_of_uid = {}
         self._obj_list = []
         self._epoch = EPOCH[0]
+        self._late = []  # events drained while repairing a capture, applied in the same tick
         self._names = {"materials": None, "collections": None}
         self._ids_by_uid = {"objects": {}, "materials": {}, "collections": {}}
         self.warnings = self.applier.warnings
@@ -180,6 +183,13 @@ class Mirror:
                     mats.add(m.session_uid)
 
         sent = self._capture(obs, mats, colls, removed)
+        if self._late:
+            for e in self._late:
+                nid = e["node"]["id"] if e.get("type") == "NodeAdded" else e.get("id")
+                if nid and nid not in seen:
+                    seen.add(nid)
+                    touched.append(nid)
+            self._late = []
         applied = self._apply(touched)
         self.stats.ticks += 1
         self.stats.sent += sent
@@ -358,6 +368,8 @@ class Mirror:
                 if c not in present and c in self.base:
                     gone.add(c)
         seen = self.seen
+        deltas = {}
+        heads0 = self.doc.heads
         for n in nodes:
             nid = n["id"]
             if seen.get(nid) == n:  # plain dict compare: the cheap common case
@@ -366,10 +378,15 @@ class Mirror:
             if b is None:
                 out = _send_form(n)
             else:
-                out = self._merge(n, b)
-                if out is None:
+                delta = _delta(n, b)
+                if delta is None:
                     seen[nid] = n
                     continue
+                theirs = self.doc.node(nid)
+                if theirs is None:
+                    continue  # removed remotely: the removal wins, its event is on the way
+                out = _overlay(theirs, delta)
+                deltas[nid] = delta
             seen[nid] = n
             send.append(out)
         if not send and not gone:
@@ -380,7 +397,14 @@ class Mirror:
             if b and b.get("parent") in self.children:
                 self.children[b["parent"]].discard(nid)
             self.children.pop(nid, None)
+        if _DEBUG:
+            import sys
+
+            for n in send:
+                print("SEND", n["name"], {k: n["parms"].get(k) for k in ("location", "scale")}, file=sys.stderr)
         self.doc.diff(send, sorted(gone))
+        if deltas and self.doc.heads != heads0:
+            send = self._repair(send, deltas)
         if self.commit_interval > 0:
             self.doc.commit_due(self.commit_interval)
         else:
@@ -391,44 +415,49 @@ class Mirror:
                 self.children.setdefault(n["parent"], set()).add(n["id"])
         return len(send) + len(gone)
 
-    def _merge(self, n, b):
-        """The node to send when local `n` differs from baseline `b`, or None if it does not.
-
-        Three-way: the document's current node with only the local changes laid over it.
-        """
-        lp, bp = n["parms"], b.get("parms") or {}
-        _freeze_animated(lp, bp)
-        changed = {}
-        for k, v in lp.items():
-            bv = bp.get(k)
-            if bv is None or not same32(v, bv):
-                changed[k] = v
-        dropped = [k for k in bp if k not in lp and S.owned(k)]
-        name = n["name"] if n["name"] != b["name"] else None
-        parent = n.get("parent") != b.get("parent")
-        linputs = n.get("inputs")
-        inputs = linputs is not None and linputs != (b.get("inputs") or {})
-        if not changed and not dropped and name is None and not parent and not inputs:
-            return None
-        theirs = self.doc.node(n["id"])
-        if theirs is None:
-            return None  # removed remotely: the removal wins, its event is on the way
-        out = dict(theirs)
-        p = dict(out.get("parms") or {})
-        for k, v in changed.items():
-            if k in p and k in bp:
-                v = merge3(v, bp[k], p[k])
-            p[k] = v if k.startswith("prop:") else pretty_value(v)
-        for k in dropped:
-            p.pop(k, None)
-        out["parms"] = p
-        if name is not None:
-            out["name"] = n["name"]
-        if parent:
-            out["parent"] = n.get("parent")
-        if inputs:
-            out["inputs"] = linputs
-        return out
+    def _repair(self, send, deltas):
+        """A remote change merged while this tick read the document and diffed: for parms
+        this Blender did not touch, the nodes sent may carry the values from before it, which
+        the diff just wrote back over the remote edit. Before committing, lay the remote
+        values (from its events) back under the local changes and diff again."""
+        late = self.doc.drain_events()
+        self._late.extend(late)
+        self.stats.repairs += 1
+        by_id = {n["id"]: n for n in send}
+        removed = []
+        for e in late:
+            t = e.get("type")
+            nid = e["node"]["id"] if t == "NodeAdded" else e.get("id")
+            n = by_id.get(nid)
+            d = deltas.get(nid)
+            if n is None or d is None:
+                continue
+            if t == "NodeRemoved":
+                removed.append(nid)
+            elif t == "ParmsChanged":
+                p = n["parms"]
+                for k, v in e["changed"].items():
+                    if k in d["changed"]:
+                        if v is not None and k in d["base"]:
+                            lv = merge3(d["changed"][k], d["base"][k], v)
+                            p[k] = lv if k.startswith("prop:") else pretty_value(lv)
+                    elif k in d["dropped"]:
+                        continue
+                    elif v is None:
+                        p.pop(k, None)
+                    else:
+                        p[k] = v
+            elif t == "NodeRenamed" and d["name"] is None:
+                n["name"] = e["name"]
+            elif t == "NodeMoved" and d["parent"] is False:
+                n["parent"] = e["parent"]
+            elif t == "InputsChanged" and d["inputs"] is None:
+                n["inputs"] = e["inputs"]
+            elif t == "NodeAdded":
+                by_id[nid] = _overlay(e["node"], d)
+        send = [by_id[n["id"]] for n in send if n["id"] not in removed]
+        self.doc.diff(send, removed)
+        return send
 
     # ------------------------------------------------------------ apply
 
@@ -464,6 +493,11 @@ class Mirror:
                 removals.append((nid, b))
             else:
                 upserts.append(d)
+        if _DEBUG:
+            import sys
+
+            for d in upserts:
+                print("APPLY", d["name"], {k: d["parms"].get(k) for k in ("location", "scale")}, file=sys.stderr)
         if upserts:
             # A collection or material that is new here may be what objects applied in an
             # earlier tick referred to: re-apply those objects so the reference resolves.
@@ -503,6 +537,53 @@ class Mirror:
             for key in ("collections", "materials"):
                 self._names[key] = None
         return len(upserts) + len(removals)
+
+
+def _delta(n, b):
+    """What local node `n` changed relative to baseline `b`, or None if nothing."""
+    lp, bp = n["parms"], b.get("parms") or {}
+    _freeze_animated(lp, bp)
+    changed = {}
+    for k, v in lp.items():
+        bv = bp.get(k)
+        if bv is None or not same32(v, bv):
+            changed[k] = v
+    dropped = [k for k in bp if k not in lp and S.owned(k)]
+    name = n["name"] if n["name"] != b["name"] else None
+    parent = n.get("parent") != b.get("parent")
+    linputs = n.get("inputs")
+    inputs = linputs is not None and linputs != (b.get("inputs") or {})
+    if not changed and not dropped and name is None and not parent and not inputs:
+        return None
+    return {
+        "changed": changed,
+        "base": bp,
+        "dropped": dropped,
+        "name": name,
+        "parent": n.get("parent") if parent else False,
+        "inputs": linputs if inputs else None,
+    }
+
+
+def _overlay(theirs, d):
+    """Three-way: the document's node with only the local changes laid over it."""
+    out = dict(theirs)
+    p = dict(out.get("parms") or {})
+    bp = d["base"]
+    for k, v in d["changed"].items():
+        if k in p and k in bp:
+            v = merge3(v, bp[k], p[k])
+        p[k] = v if k.startswith("prop:") else pretty_value(v)
+    for k in d["dropped"]:
+        p.pop(k, None)
+    out["parms"] = p
+    if d["name"] is not None:
+        out["name"] = d["name"]
+    if d["parent"] is not False:
+        out["parent"] = d["parent"]
+    if d["inputs"] is not None:
+        out["inputs"] = d["inputs"]
+    return out
 
 
 def _freeze_animated(lp, bp):

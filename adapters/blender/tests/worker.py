@@ -110,7 +110,7 @@ def op_reconnect(timeout=10.0):
 
 def op_stats():
     m = link.mirror
-    return {"ticks": m.stats.ticks, "sent": m.stats.sent, "applied": m.stats.applied, "held": len(m.held), "warnings": list(m.warnings)}
+    return {"ticks": m.stats.ticks, "sent": m.stats.sent, "applied": m.stats.applied, "held": len(m.held), "repairs": m.stats.repairs, "warnings": list(m.warnings)}
 
 
 def op_close():
