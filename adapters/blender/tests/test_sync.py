@@ -72,6 +72,10 @@ D.objects.remove(D.objects["Key"])
 new = D.objects.new("NewB", D.cameras.new("NewBCam"))
 bpy.context.scene.collection.objects.link(new)
 new.data.lens = 85.0
+fill = D.objects.new("Fill", D.lights.new("FillLight", "SPOT"))
+bpy.context.scene.collection.objects.link(fill)
+fill.data.energy = 75.0
+fill.data.color = (0.5, 0.6, 1.0)
 """
 
 
@@ -115,6 +119,8 @@ def test_two_blenders_concurrent_edits_converge(server, tmp, blenders):
         assert ev("[c.name for c in bpy.data.objects['NewA'].users_collection]") == ["FromA"]
         assert ev("bpy.data.objects['NewA']['made_by']") == "A"
         assert ev("bpy.data.objects['NewB'].data.lens") == 85.0
+        assert ev("(bpy.data.objects['Fill'].data.type, bpy.data.objects['Fill'].data.energy)") == ["SPOT", 75.0]
+        assert ev("tuple(round(c, 6) for c in bpy.data.objects['Fill'].data.color)") == [0.5, 0.6, 1.0]
 
     # Re-diffing after apply produces no op: nothing echoes back.
     before = (a("stats")["sent"], b("stats")["sent"], a("heads"))
@@ -173,3 +179,28 @@ def test_edits_are_held_in_edit_mode(server, tmp, blenders):
     b("update_and_tick")
     assert b("eval", expr="bpy.data.objects['Box'].location.y") == -3.0
     assert b("stats")["held"] == 0
+
+
+def test_fixture_blend_through_the_document_into_a_fresh_blender(server, tmp, blenders):
+    """A .blend made here, opened by one Blender, pushed into the room's document, and
+    pulled by a fresh Blender: every synced property identical."""
+    maker = blenders("maker")
+    maker("reset")
+    maker("build")
+    path = os.path.join(tmp, "fixture.blend")
+    maker("save", path=path)
+    maker("close")
+
+    a, fresh = blenders("A"), blenders("fresh")
+    a("reset")
+    a("open", path=path)
+    a("connect", url=server.url, room="fixture", user="A", replica_dir=os.path.join(tmp, "ra"))
+    assert a("wait_saved", timeout=20.0)
+    fresh("reset")
+    fresh("connect", url=server.url, room="fixture", user="fresh", replica_dir=os.path.join(tmp, "rf"))
+    sa, sf = a("state"), fresh("state")
+    assert len(sa) >= 13
+    assert _diff(sa, sf) == []
+    assert a("doc_state") == fresh("doc_state")
+    # The ids in the fixture file are the ids in the document.
+    assert set(a("doc_state")) == set(sa)

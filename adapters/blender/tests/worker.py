@@ -32,6 +32,14 @@ def op_build():
     scenes.build_rich_scene()
 
 
+def op_save(path):
+    bpy.ops.wm.save_as_mainfile(filepath=path)
+
+
+def op_open(path):
+    bpy.ops.wm.open_mainfile(filepath=path)
+
+
 def op_exec(code):
     exec(code, G)
 
@@ -121,8 +129,10 @@ def op_close():
 
 
 def main():
-    out = sys.stdout
-    sys.stdout = sys.stderr  # bpy chatter must not corrupt the protocol
+    # Blender prints from C too ("Info: Saved ..."): keep fd 1 for the protocol only.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     for line in sys.stdin:
         req = json.loads(line)
         op = req.pop("op")
