@@ -109,6 +109,18 @@ class TANDEM_PT_panel(bpy.types.Panel):
         box.label(text=NOT_SYNCED)
 
 
+@bpy.app.handlers.persistent
+def _on_load_pre(*_args):
+    """Opening another file while connected would read as deleting the room's scene:
+    disconnect first (the replica keeps everything; Connect again to rejoin)."""
+    global _link
+    if _link is not None:
+        _link.close()
+        _link = None
+    if bpy.app.timers.is_registered(_tick):
+        bpy.app.timers.unregister(_tick)
+
+
 _CLASSES = (TANDEM_OT_connect, TANDEM_OT_disconnect, TANDEM_OT_send_chat, TANDEM_PT_panel)
 
 
@@ -121,6 +133,8 @@ def register():
     wm.tandem_error = bpy.props.StringProperty(name="Error", default="")
     for c in _CLASSES:
         bpy.utils.register_class(c)
+    if _on_load_pre not in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.append(_on_load_pre)
 
 
 def unregister():
@@ -130,6 +144,8 @@ def unregister():
         _link = None
     if bpy.app.timers.is_registered(_tick):
         bpy.app.timers.unregister(_tick)
+    while _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
     for c in reversed(_CLASSES):
         bpy.utils.unregister_class(c)
     wm = bpy.types.WindowManager

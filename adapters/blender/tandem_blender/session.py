@@ -16,10 +16,8 @@ from .mirror import DIRTY, Mirror, bump_epoch, on_depsgraph_update
 
 def import_tandem():
     """The ``tandem`` Python module (the extension bundles its wheel)."""
-    try:
-        import tandem  # noqa: PLC0415
-    except ImportError:
-        import _tandem as tandem  # noqa: PLC0415  (a bare build of the extension module)
+    import tandem  # noqa: PLC0415
+
     return tandem
 
 
@@ -79,6 +77,8 @@ class Link:
         self.doc = None
         self.mirror = None
         self.chat = []
+        self._presence = None
+        self._ticks = 0
 
     def open(self, wait=0.0):
         """Connects and joins; with `wait` > 0, first waits that long for the connection and
@@ -102,7 +102,26 @@ class Link:
     def tick(self, full=False, events=None):
         n = self.mirror.tick(full=full, events=events)
         self.chat.extend(self.session.drain_chat())
+        self._ticks += 1
+        if self._ticks % 20 == 1:
+            self._publish_presence()
         return n
+
+    def _publish_presence(self):
+        """Who I am, my current frame and selection (as node ids), when it changed."""
+        scene = self.mirror.scene
+        sel = []
+        try:
+            for ob in bpy.context.selected_objects[:64]:
+                t = ob.get("tandem_id")
+                if t:
+                    sel.append(t)
+        except AttributeError:  # no window context (headless)
+            pass
+        state = {"app": "blender", "frame": scene.frame_current, "selection": sel}
+        if state != self._presence:
+            self._presence = state
+            self.doc.set_presence(state)
 
     # -------------------------------------------------------- status for the panel
 

@@ -16,12 +16,8 @@ mods = [m for m in bpy.context.preferences.addons.keys() if m.endswith(".tandem"
 assert mods, list(bpy.context.preferences.addons.keys())
 assert hasattr(bpy.types, "TANDEM_PT_panel"), "register() did not run"
 assert bpy.ops.tandem.connect.idname() == "TANDEM_OT_connect"
-import importlib
-tandem_ok = True
-try:
-    importlib.import_module("tandem")
-except ImportError:
-    importlib.import_module("_tandem")
+import tandem  # the bundled wheel was installed with the extension
+assert callable(tandem.connect)
 print("INSTALLED", mods[0], bpy.context.window_manager.tandem_url)
 """
 

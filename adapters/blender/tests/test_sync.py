@@ -150,6 +150,11 @@ def test_late_joiner_and_offline_merge(server, tmp, blenders):
     join(c, server, tmp, "late")
     sa, sb, sc = a("state"), b("state"), c("state")
     assert _diff(sa, sb) == [] and _diff(sa, sc) == []
+    # The panel's "who is here" and chat, through the same session.
+    assert c("eval", expr="link.doc.wait_presence('A', 20.0) and link.doc.wait_presence('B', 20.0)")
+    assert "A" in c("eval", expr="link.peers()")
+    a("eval", expr="link.send_chat('hello from A')")
+    assert c("eval", expr="[l['text'] for l in link.session.wait_chat(20.0)]") == ["hello from A"]
     for blender in (a, b, c):
         assert blender("eval", expr="bpy.data.objects['Box'].location.x") == 42.0
         assert blender("eval", expr="bpy.data.objects['Box'].scale.y") == 7.0
