@@ -80,9 +80,20 @@ def build_rich_scene():
 
 
 def synced_state(nodes):
-    """Nodes keyed by id, without fields the document adds (order, owner)."""
+    """Nodes keyed by id, without fields the document adds (order, owner). The static value
+    of an animated channel is whatever the last evaluated frame left there: the curve is
+    what syncs, so those components compare as None."""
     out = {}
     for n in nodes:
+        parms = dict(n.get("parms", {}))
+        for k in list(parms):
+            if k.startswith("anim:"):
+                path, _, idx = k[5:].rpartition("[")
+                if type(parms.get(path)) is list:
+                    v = list(parms[path])
+                    v[int(idx.rstrip("]"))] = None
+                    parms[path] = v
+        n = dict(n, parms=parms)
         out[n["id"]] = {
             "kind": n["kind"],
             "name": n["name"],

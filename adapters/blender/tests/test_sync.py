@@ -56,6 +56,9 @@ new = D.objects.new("NewA", None)
 c.objects.link(new)
 new.location = (1.5, 2.5, 3.5)
 new["made_by"] = "A"
+dup = box.copy()  # Shift+D: the copy carries Box's tandem_id until the tick re-identifies it
+bpy.context.scene.collection.objects.link(dup)
+dup.name = "BoxCopy"
 """
 
 EDITS_B = r"""
@@ -86,6 +89,7 @@ def test_two_blenders_concurrent_edits_converge(server, tmp, blenders):
     join(b, server, tmp, "shot")
     sa, sb = a("state"), b("state")
     assert len(sa) >= 13 and _diff(sa, sb) == []
+    box_id = a("eval", expr="bpy.data.objects['Box']['tandem_id']")
 
     a("exec", code=EDITS_A)
     b("exec", code=EDITS_B)
@@ -119,8 +123,12 @@ def test_two_blenders_concurrent_edits_converge(server, tmp, blenders):
         assert ev("[c.name for c in bpy.data.objects['NewA'].users_collection]") == ["FromA"]
         assert ev("bpy.data.objects['NewA']['made_by']") == "A"
         assert ev("bpy.data.objects['NewB'].data.lens") == 85.0
+        assert ev("bpy.data.objects['BoxCopy']['tandem_id'] != bpy.data.objects['Box']['tandem_id']")
+        assert ev("[m.name for m in bpy.data.objects['BoxCopy'].modifiers]") == ["Bevel", "Array"]
         assert ev("(bpy.data.objects['Fill'].data.type, bpy.data.objects['Fill'].data.energy)") == ["SPOT", 75.0]
         assert ev("tuple(round(c, 6) for c in bpy.data.objects['Fill'].data.color)") == [0.5, 0.6, 1.0]
+
+    assert a("eval", expr="bpy.data.objects['Box']['tandem_id']") == box_id
 
     # Re-diffing after apply produces no op: nothing echoes back.
     before = (a("stats")["sent"], b("stats")["sent"], a("heads"))
