@@ -111,6 +111,11 @@ class Mirror:
         self._obj_list = []
         self._epoch = EPOCH[0]
         self._late = []  # events drained while repairing a capture, applied in the same tick
+        self._obj_colls = None  # object name -> its "coll:" keys, rebuilt when it may be stale
+        self._obj_colls_age = 0
+        self._colls_dirty = True
+        self._n = None  # object count at the last read
+        self._tick_no = 0
         self._names = {"materials": None, "collections": None}
         self._ids_by_uid = {"objects": {}, "materials": {}, "collections": {}}
         self.warnings = self.applier.warnings
@@ -164,6 +169,7 @@ class Mirror:
                 mats.add(uid)
             elif key == "collections":
                 colls.add(uid)
+                self._colls_dirty = True
         # Capture local edits of whatever the remote events touch before overwriting it.
         for nid in touched:
             b = self.base.get(nid)
@@ -181,6 +187,10 @@ class Mirror:
                 m = self.applier.material(unit)
                 if m is not None:
                     mats.add(m.session_uid)
+            elif ub["kind"] == S.COLLECTION:
+                c = self.applier.collection(unit)
+                if c is not None:
+                    colls.add(c.session_uid)
 
         sent = self._capture(obs, mats, colls, removed)
         if self._late:
@@ -234,30 +244,60 @@ class Mirror:
                             out.append(("materials", m.session_uid))
         return out
 
-    def _scan_objects(self, full):
-        """Session uids of objects to snapshot, and ids of objects gone."""
-        objs = bpy.data.objects
+    def _read_uids(self, objs):
+        """Session uids of all objects, without ``len()`` (which walks the list through RNA
+        and costs as much as a ``foreach_get``): read into a buffer one longer than last
+        time, pre-filled with -1, and check the tail."""
+        n0 = self._n
+        if n0 is not None:
+            buf = np.full(n0 + 1, -1, dtype=np.int32)
+            try:
+                objs.foreach_get("session_uid", buf)
+            except RuntimeError:
+                buf = None
+            if buf is not None and buf[n0] == -1 and (n0 == 0 or buf[n0 - 1] != -1):
+                return buf[:n0]
         n = len(objs)
-        uids = np.empty(n, dtype=np.int64)
+        self._n = n
+        uids = np.empty(n, dtype=np.int32)
         objs.foreach_get("session_uid", uids)
-        vals = np.empty((n, 11), dtype=np.float32)
-        tmp = np.empty(n * 3, dtype=np.float32)
-        for j, attr in enumerate(("location", "rotation_euler", "scale")):
-            objs.foreach_get(attr, tmp)
-            vals[:, 3 * j : 3 * j + 3] = tmp.reshape(n, 3)
-        hb = np.empty(n, dtype=bool)
-        for j, attr in enumerate(("hide_viewport", "hide_render")):
-            objs.foreach_get(attr, hb)
-            vals[:, 9 + j] = hb
-        names = objs.keys()
-        cand = set()
-        removed = set()
+        return uids
+
+    def _scan_objects(self, full):
+        """Session uids of objects to snapshot, and ids of objects gone.
+
+        Every tick: the session uids (adds and deletes). Every `values_every` ticks (1 below
+        2,500 objects): transforms, visibility and names, compared with the last read — the
+        depsgraph handler covers the ticks in between for everything it reports."""
+        objs = bpy.data.objects
+        uids = self._read_uids(objs)
+        n = uids.size
         prev = self._prev
         stale = self._epoch != EPOCH[0]
-        if stale or full or prev is None or prev[1] != names or not np.array_equal(prev[0], uids):
+        structural = stale or full or prev is None or not np.array_equal(prev[0], uids)
+        self._tick_no += 1
+        every = max(1, n // 2500)
+        cand = set()
+        removed = set()
+        if structural or self._tick_no % every == 0:
+            vals = np.empty((n, 11), dtype=np.float32)
+            tmp = np.empty(n * 3, dtype=np.float32)
+            for j, attr in enumerate(("location", "rotation_euler", "scale")):
+                objs.foreach_get(attr, tmp)
+                vals[:, 3 * j : 3 * j + 3] = tmp.reshape(n, 3)
+            hb = np.empty(n, dtype=bool)
+            for j, attr in enumerate(("hide_viewport", "hide_render")):
+                objs.foreach_get(attr, hb)
+                vals[:, 9 + j] = hb
+            names = objs.keys()
+            structural = structural or prev[1] != names
+        else:
+            vals, names = prev[2], prev[1]
+        if structural:
             self._epoch = EPOCH[0]
             self._row_of_uid = {u: i for i, u in enumerate(uids.tolist())}
             self._obj_list = list(objs)
+            self._obj_colls = None
             self._assign("objects")
             ids = self._ids_by_uid["objects"]
             present = set(ids.values())
@@ -273,7 +313,7 @@ class Mirror:
                     j = prow.get(u)
                     if j is None or pnames[j] != names[i] or not np.array_equal(prev[2][j], vals[i]):
                         cand.add(u)
-        else:
+        elif vals is not prev[2]:
             rows = np.nonzero((vals != prev[2]).any(axis=1))[0]
             cand.update(uids[rows].tolist())
         # Round-robin sweep: what no cheap detector sees (custom props, parenting...).
@@ -295,6 +335,8 @@ class Mirror:
             if full or self._names[key] != names:
                 self._assign(key)
                 self._names[key] = names
+                if key == "collections":
+                    self._colls_dirty = True
                 present = set(self._ids_by_uid[key].values())
                 kind = S.MATERIAL if key == "materials" else S.COLLECTION
                 for nid, b in self.base.items():
@@ -321,7 +363,13 @@ class Mirror:
         nodes = []
         units = []
         if obs or mats or colls:
-            ctx = S.Context(self.scene)
+            # Collection membership: rebuilt when collections or objects changed, and every
+            # 50 ticks at least (linking an object is not always reported).
+            self._obj_colls_age += 1
+            if self._colls_dirty or self._obj_colls_age > 50:
+                self._colls_dirty = False
+                self._obj_colls = None
+            ctx = S.Context(self.scene, self._obj_colls)
         if colls:
             by_uid = {c.session_uid: c for c in bpy.data.collections}
             for u in colls:
@@ -355,6 +403,9 @@ class Mirror:
                 ns = S.snap_object(ob, ctx)
                 units.append(ns[0]["id"])
                 nodes.extend(ns)
+        if ctx is not None and ctx._obj_colls is not None and ctx._obj_colls is not self._obj_colls:
+            self._obj_colls = ctx._obj_colls
+            self._obj_colls_age = 0
         self.stats.scanned += len(units)
         send = []
         gone = set()
@@ -533,6 +584,7 @@ class Mirror:
             if b.get("parent") in self.children:
                 self.children[b["parent"]].discard(nid)
         if upserts or removals:
+            self._obj_colls = None
             # Datablocks created or renamed here are not new local ones.
             for key in ("collections", "materials"):
                 self._names[key] = None

@@ -236,7 +236,7 @@ def animation_parms(idblock, out):
 class Context:
     """Per-snapshot lookups: the scene, and each collection's parent collection."""
 
-    def __init__(self, scene=None):
+    def __init__(self, scene=None, obj_colls=None):
         self.scene = scene or bpy.context.scene
         self.coll_parent = {}
         self.root_colls = set()
@@ -245,7 +245,7 @@ class Context:
                 self.coll_parent.setdefault(ch.name, c)
         for ch in self.scene.collection.children:
             self.root_colls.add(ch.name)
-        self._obj_colls = None
+        self._obj_colls = obj_colls
 
     def object_collections(self, ob):
         """Keys of the collections holding `ob` (``Object.users_collection`` scans every

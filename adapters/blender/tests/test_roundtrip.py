@@ -44,10 +44,11 @@ def test_fixture_blend_round_trip(tmp_path):
     bpy.ops.wm.save_as_mainfile(filepath=path)
     scenes.reset()
     bpy.ops.wm.open_mainfile(filepath=path)
-    a = scenes.synced_state(S.snapshot_all())
+    raw = S.snapshot_all()
+    a = scenes.synced_state(raw)
     kinds = {n["kind"].split("/")[0] for n in a.values()}
     assert kinds == {"blender.object", "blender.modifier", "blender.collection", "blender.material", "blender.shader"}
-    b = _fresh_apply([dict(id=k, **v) for k, v in a.items()])
+    b = _fresh_apply(raw)
     assert _diff(a, b) == []
 
 
