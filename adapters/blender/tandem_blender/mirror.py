@@ -82,6 +82,7 @@ class Stats:
         self.applied = 0
         self.held = 0
         self.scanned = 0
+        self.doc_ms = 0.0  # time inside the client's diff + commit during the last tick
         self.repairs = 0
 
 
@@ -147,6 +148,7 @@ class Mirror:
         `events` are ones the caller already drained (e.g. with ``wait_events``).
         """
         t0 = time.perf_counter()
+        self.stats.doc_ms = 0.0
         events = list(events or ()) + list(self.doc.drain_events())
         touched = []
         seen = set()
@@ -453,6 +455,7 @@ class Mirror:
 
             for n in send:
                 print("SEND", n["name"], {k: n["parms"].get(k) for k in ("location", "scale")}, file=sys.stderr)
+        td = time.perf_counter()
         self.doc.diff(send, sorted(gone))
         if deltas and self.doc.heads != heads0:
             send = self._repair(send, deltas)
@@ -460,6 +463,7 @@ class Mirror:
             self.doc.commit_due(self.commit_interval)
         else:
             self.doc.commit()
+        self.stats.doc_ms = (time.perf_counter() - td) * 1000.0
         for n in send:
             self.base[n["id"]] = n
             if n.get("parent") and not _is_unit(n["kind"]):

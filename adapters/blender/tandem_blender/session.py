@@ -8,6 +8,7 @@ network thread only queues events, which ``tick()`` drains.
 
 import os
 import tempfile
+import time
 
 import bpy
 
@@ -93,7 +94,11 @@ class Link:
                 pass
         self.doc = self.session.open_scene()
         if wait > 0 and _get(self.session, "state") == "connected":
-            self.doc.wait_synced(wait)
+            # Until the server has sent its copy (or said it has none: a new room).
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if self.doc.wait_synced(0.05) or _get(self.doc, "on_server") is False:
+                    break
         self.mirror = Mirror(self.doc, **self.mirror_opts)
         install_handler()
         self.mirror.start()
