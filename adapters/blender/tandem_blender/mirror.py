@@ -117,6 +117,7 @@ class Mirror:
         self._colls_dirty = True
         self._n = None  # object count at the last read
         self._tick_no = 0
+        self._force_read = False
         self._names = {"materials": None, "collections": None}
         self._ids_by_uid = {"objects": {}, "materials": {}, "collections": {}}
         self.warnings = self.applier.warnings
@@ -161,10 +162,15 @@ class Mirror:
                 seen.add(nid)
                 touched.append(nid)
 
-        obs, removed = self._scan_objects(full)
+        dirty = self._drain_dirty()
+        hint = any(
+            (key == "objects" and uid not in self._row_of_uid) or key == "collections"
+            for key, uid in dirty
+        )
+        obs, removed = self._scan_objects(full, hint)
         mats, colls, removed2 = self._scan_others(full)
         removed |= removed2
-        for key, uid in self._drain_dirty():
+        for key, uid in dirty:
             if key == "objects":
                 obs.add(uid)
             elif key == "materials":
@@ -265,22 +271,28 @@ class Mirror:
         objs.foreach_get("session_uid", uids)
         return uids
 
-    def _scan_objects(self, full):
+    def _scan_objects(self, full, hint=False):
         """Session uids of objects to snapshot, and ids of objects gone.
 
         Every tick: the session uids (adds and deletes). Every `values_every` ticks (1 below
         2,500 objects): transforms, visibility and names, compared with the last read — the
         depsgraph handler covers the ticks in between for everything it reports."""
         objs = bpy.data.objects
-        uids = self._read_uids(objs)
-        n = uids.size
         prev = self._prev
         stale = self._epoch != EPOCH[0]
-        structural = stale or full or prev is None or not np.array_equal(prev[0], uids)
         self._tick_no += 1
-        every = max(1, n // 2500)
         cand = set()
         removed = set()
+        every = max(1, (self._n or 0) // 2500)
+        force, self._force_read = self._force_read, False
+        if not (stale or full or hint or force or prev is None or self._tick_no % every == 0):
+            # In between full reads: the depsgraph's reports plus the sweep. A deletion
+            # nobody reported shows up as a ReferenceError in `_capture`, which forces a read.
+            self._sweep(prev[0], cand)
+            return cand, removed
+        uids = self._read_uids(objs)
+        n = uids.size
+        structural = stale or full or prev is None or not np.array_equal(prev[0], uids)
         if structural or self._tick_no % every == 0:
             vals = np.empty((n, 11), dtype=np.float32)
             tmp = np.empty(n * 3, dtype=np.float32)
@@ -318,15 +330,20 @@ class Mirror:
         elif vals is not prev[2]:
             rows = np.nonzero((vals != prev[2]).any(axis=1))[0]
             cand.update(uids[rows].tolist())
-        # Round-robin sweep: what no cheap detector sees (custom props, parenting...).
-        if n and not full:
+        if not full:
+            self._sweep(uids, cand)
+        self._prev = (uids, names, vals)
+        return cand, removed
+
+    def _sweep(self, uids, cand):
+        """Round-robin: what no cheap detector sees (custom properties, parenting by scripts)."""
+        n = uids.size
+        if n:
             k = min(self.sweep_objects, n)
             c = self._cursor["objects"] % n
             idx = np.arange(c, c + k) % n
             cand.update(uids[idx].tolist())
             self._cursor["objects"] = (c + k) % n
-        self._prev = (uids, names, vals)
-        return cand, removed
 
     def _scan_others(self, full):
         removed = set()
@@ -396,7 +413,13 @@ class Mirror:
             for u in obs:
                 i = row.get(u)
                 ob = obj_list[i] if i is not None else None
-                if ob is None or ob.session_uid != u:
+                try:
+                    if ob is not None and ob.session_uid != u:
+                        ob = None
+                except ReferenceError:  # deleted since the last full read
+                    self._force_read = True
+                    continue
+                if ob is None:
                     ob = _find_uid(objs, u)
                 if ob is None or ob.library is not None or ob.get("tandem_id") != ids.get(u, ob.get("tandem_id")):
                     continue
