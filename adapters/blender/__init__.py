@@ -18,7 +18,6 @@ TICK_SECONDS = 0.05
 
 
 def _tick():
-    global _link
     if _link is None:
         return None
     try:

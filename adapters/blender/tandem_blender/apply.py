@@ -9,7 +9,7 @@ import bpy
 from mathutils import Matrix
 
 from . import snapshot as S
-from .ids import ID_PROP, KIND_PROP, child_id
+from .ids import KIND_PROP, child_id
 
 _DATA_TYPES = {"MESH", "CAMERA", "LIGHT", "CURVE", "EMPTY"}
 _INTERP = {"bezier": "BEZIER", "linear": "LINEAR", "constant": "CONSTANT"}

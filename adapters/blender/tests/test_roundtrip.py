@@ -1,7 +1,6 @@
 """Round trips without a server: fixture .blend → nodes → a fresh Blender → same nodes."""
 
 import json
-import os
 
 import bpy
 import scenes

@@ -2,7 +2,6 @@
 
 import os
 
-import pytest
 from conftest import needs_tandem
 from test_roundtrip import _diff
 
