@@ -448,13 +448,14 @@ class Mirror:
         heads0 = self.doc.heads
         for n in nodes:
             nid = n["id"]
-            if seen.get(nid) == n:  # plain dict compare: the cheap common case
+            prev = seen.get(nid)
+            if prev == n:  # plain dict compare: the cheap common case
                 continue
             b = self.base.get(nid)
             if b is None:
                 out = _send_form(n)
             else:
-                delta = _delta(n, b)
+                delta = _delta(n, b, prev)
                 if delta is None:
                     seen[nid] = n
                     continue
@@ -618,12 +619,21 @@ class Mirror:
         return len(upserts) + len(removals)
 
 
-def _delta(n, b):
-    """What local node `n` changed relative to baseline `b`, or None if nothing."""
+_MISSING = object()
+
+
+def _delta(n, b, prev=None):
+    """What local node `n` changed relative to baseline `b`, or None if nothing.
+
+    `prev` is the local snapshot last found to match `b`: a parm equal to it (a plain,
+    fast comparison) is unchanged without the slower 32-bit comparison."""
     lp, bp = n["parms"], b.get("parms") or {}
     _freeze_animated(lp, bp)
+    pp = prev["parms"] if prev is not None else {}
     changed = {}
     for k, v in lp.items():
+        if pp.get(k, _MISSING) == v:
+            continue
         bv = bp.get(k)
         if bv is None or not same32(v, bv):
             changed[k] = v
