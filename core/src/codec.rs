@@ -34,14 +34,65 @@ const T_BLOB: &str = "blob";
 
 // ---------------------------------------------------------------- reading
 
+/// Read access to a document, either as it is now or as it was at some heads. Every reader
+/// below goes through it, so the same code materializes the present scene and a past one.
+pub(crate) trait Reader {
+    fn r_get(&self, obj: &ObjId, key: &str) -> Option<(automerge::Value<'_>, ObjId)>;
+    fn r_text(&self, obj: &ObjId) -> Option<String>;
+    fn r_map(&self, obj: &ObjId) -> automerge::iter::MapRange<'_>;
+    fn r_list(&self, obj: &ObjId) -> automerge::iter::ListRange<'_>;
+}
+
+macro_rules! reader_now {
+    ($t:ty) => {
+        impl Reader for $t {
+            fn r_get(&self, obj: &ObjId, key: &str) -> Option<(automerge::Value<'_>, ObjId)> {
+                self.get(obj, key).ok().flatten()
+            }
+            fn r_text(&self, obj: &ObjId) -> Option<String> {
+                self.text(obj).ok()
+            }
+            fn r_map(&self, obj: &ObjId) -> automerge::iter::MapRange<'_> {
+                self.map_range(obj, ..)
+            }
+            fn r_list(&self, obj: &ObjId) -> automerge::iter::ListRange<'_> {
+                self.list_range(obj, ..)
+            }
+        }
+    };
+}
+reader_now!(automerge::Automerge);
+reader_now!(automerge::transaction::Transaction<'_>);
+
+/// A document as it was at `heads`.
+pub(crate) struct At<'a> {
+    pub(crate) doc: &'a automerge::Automerge,
+    pub(crate) heads: &'a [automerge::ChangeHash],
+}
+
+impl Reader for At<'_> {
+    fn r_get(&self, obj: &ObjId, key: &str) -> Option<(automerge::Value<'_>, ObjId)> {
+        self.doc.get_at(obj, key, self.heads).ok().flatten()
+    }
+    fn r_text(&self, obj: &ObjId) -> Option<String> {
+        self.doc.text_at(obj, self.heads).ok()
+    }
+    fn r_map(&self, obj: &ObjId) -> automerge::iter::MapRange<'_> {
+        self.doc.map_range_at(obj, .., self.heads)
+    }
+    fn r_list(&self, obj: &ObjId) -> automerge::iter::ListRange<'_> {
+        self.doc.list_range_at(obj, .., self.heads)
+    }
+}
+
 /// A string register, accepting a Text object (what JS clients write) as well.
-pub(crate) fn read_str<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<String> {
-    match doc.get(obj, key).ok()?? {
+pub(crate) fn read_str<R: Reader + ?Sized>(doc: &R, obj: &ObjId, key: &str) -> Option<String> {
+    match doc.r_get(obj, key)? {
         (automerge::Value::Scalar(s), _) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
             _ => None,
         },
-        (automerge::Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
+        (automerge::Value::Object(ObjType::Text), id) => doc.r_text(&id),
         _ => None,
     }
 }
@@ -58,8 +109,8 @@ fn scalar_of(s: &ScalarValue) -> Option<Scalar> {
     })
 }
 
-fn f64_of<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<f64> {
-    match doc.get(obj, key).ok()?? {
+fn f64_of<R: Reader + ?Sized>(doc: &R, obj: &ObjId, key: &str) -> Option<f64> {
+    match doc.r_get(obj, key)? {
         (automerge::Value::Scalar(s), _) => match s.as_ref() {
             ScalarValue::F64(x) => Some(*x),
             ScalarValue::Int(i) => Some(*i as f64),
@@ -71,8 +122,8 @@ fn f64_of<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<f64> {
 }
 
 /// Reads the value at `obj[key]`; `None` if absent or of a form no host can use (logged).
-pub(crate) fn read_value<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<Value> {
-    let (v, id) = doc.get(obj, key).ok()??;
+pub(crate) fn read_value<R: Reader + ?Sized>(doc: &R, obj: &ObjId, key: &str) -> Option<Value> {
+    let (v, id) = doc.r_get(obj, key)?;
     match v {
         automerge::Value::Scalar(s) => match scalar_of(&s)? {
             Scalar::Bool(b) => Some(Value::Bool(b)),
@@ -80,20 +131,26 @@ pub(crate) fn read_value<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<
             Scalar::Float(x) => Some(Value::Float(x)),
             Scalar::String(s) => Some(Value::String(s)),
         },
-        automerge::Value::Object(ObjType::Text) => doc.text(&id).ok().map(Value::Text),
-        automerge::Value::Object(ObjType::List) => Some(Value::Vector(
-            doc.list_range(&id, ..)
+        automerge::Value::Object(t) => read_object(doc, t, &id),
+    }
+}
+
+fn read_object<R: Reader + ?Sized>(doc: &R, typ: ObjType, id: &ObjId) -> Option<Value> {
+    match typ {
+        ObjType::Text => doc.r_text(id).map(Value::Text),
+        ObjType::List => Some(Value::Vector(
+            doc.r_list(id)
                 .filter_map(|item| match item.value {
                     automerge::ValueRef::Scalar(s) => scalar_of(&s.into()),
                     automerge::ValueRef::Object(_) => None,
                 })
                 .collect(),
         )),
-        automerge::Value::Object(ObjType::Map | ObjType::Table) => read_tagged(doc, &id),
+        ObjType::Map | ObjType::Table => read_tagged(doc, id),
     }
 }
 
-fn read_tagged<R: ReadDoc>(doc: &R, id: &ObjId) -> Option<Value> {
+fn read_tagged<R: Reader + ?Sized>(doc: &R, id: &ObjId) -> Option<Value> {
     let tag = read_str(doc, id, "type")?;
     match tag.as_str() {
         T_EXPR => Some(Value::Expr(Expr {
@@ -104,10 +161,8 @@ fn read_tagged<R: ReadDoc>(doc: &R, id: &ObjId) -> Option<Value> {
         T_BLOB => read_str(doc, id, "hash")?.parse().ok().map(Value::BlobRef),
         T_CURVE => {
             let mut keys = BTreeMap::new();
-            if let Some((automerge::Value::Object(ObjType::Map), kobj)) =
-                doc.get(id, "keys").ok().flatten()
-            {
-                for item in doc.map_range(&kobj, ..) {
+            if let Some((automerge::Value::Object(ObjType::Map), kobj)) = doc.r_get(id, "keys") {
+                for item in doc.r_map(&kobj) {
                     let Some(frame) = Frame::parse_key(&item.key) else {
                         continue;
                     };
@@ -137,50 +192,70 @@ fn read_tagged<R: ReadDoc>(doc: &R, id: &ObjId) -> Option<Value> {
     }
 }
 
-/// Every parm of a parms map.
-pub(crate) fn read_parms<R: ReadDoc>(doc: &R, parms: &ObjId) -> BTreeMap<String, Value> {
-    let keys: Vec<String> = doc.keys(parms).collect();
-    keys.into_iter()
-        .filter_map(|k| read_value(doc, parms, &k).map(|v| (k, v)))
-        .collect()
+/// Every parm of a parms map, in one scan of the map.
+pub(crate) fn read_parms<R: Reader + ?Sized>(doc: &R, parms: &ObjId) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for item in doc.r_map(parms) {
+        let v = match item.value {
+            automerge::ValueRef::Scalar(s) => match scalar_of(&s.into()) {
+                Some(Scalar::Bool(b)) => Some(Value::Bool(b)),
+                Some(Scalar::Int(i)) => Some(Value::Int(i)),
+                Some(Scalar::Float(x)) => Some(Value::Float(x)),
+                Some(Scalar::String(s)) => Some(Value::String(s)),
+                None => None,
+            },
+            automerge::ValueRef::Object(t) => read_object(doc, t, &item.id()),
+        };
+        if let Some(v) = v {
+            out.insert(item.key.into_owned(), v);
+        }
+    }
+    out
 }
 
 /// Every wire of an inputs map (malformed wires are skipped).
-pub(crate) fn read_inputs<R: ReadDoc>(doc: &R, inputs: &ObjId) -> BTreeMap<String, Input> {
-    let keys: Vec<String> = doc.keys(inputs).collect();
-    keys.into_iter()
-        .filter_map(|k| {
-            let s = read_str(doc, inputs, &k)?;
-            Some((k, s.parse().ok()?))
-        })
-        .collect()
+pub(crate) fn read_inputs<R: Reader + ?Sized>(doc: &R, inputs: &ObjId) -> BTreeMap<String, Input> {
+    read_string_map(doc, inputs)
 }
 
 /// Every datablock of a data map (malformed hashes are skipped).
-pub(crate) fn read_data<R: ReadDoc>(doc: &R, data: &ObjId) -> BTreeMap<String, BlobHash> {
-    let keys: Vec<String> = doc.keys(data).collect();
-    keys.into_iter()
-        .filter_map(|k| {
-            let s = read_str(doc, data, &k)?;
-            Some((k, s.parse().ok()?))
-        })
-        .collect()
+pub(crate) fn read_data<R: Reader + ?Sized>(doc: &R, data: &ObjId) -> BTreeMap<String, BlobHash> {
+    read_string_map(doc, data)
+}
+
+/// Every entry of a map of string registers that parses as `T` (others are skipped).
+fn read_string_map<R: Reader + ?Sized, T: std::str::FromStr>(
+    doc: &R,
+    obj: &ObjId,
+) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    for item in doc.r_map(obj) {
+        let s = match &item.value {
+            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => Some(s.to_string()),
+            automerge::ValueRef::Object(ObjType::Text) => doc.r_text(&item.id()),
+            _ => None,
+        };
+        if let Some(v) = s.and_then(|s| s.parse().ok()) {
+            out.insert(item.key.into_owned(), v);
+        }
+    }
+    out
 }
 
 /// The map object at `obj[key]`, if there is one.
-pub(crate) fn child_map<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Option<ObjId> {
-    match doc.get(obj, key).ok()?? {
+pub(crate) fn child_map<R: Reader + ?Sized>(doc: &R, obj: &ObjId, key: &str) -> Option<ObjId> {
+    match doc.r_get(obj, key)? {
         (automerge::Value::Object(ObjType::Map | ObjType::Table), id) => Some(id),
         _ => None,
     }
 }
 
 /// The raw parent register and the stamp of the op that wrote it.
-pub(crate) fn read_parent<R: ReadDoc>(
+pub(crate) fn read_parent<R: Reader + ?Sized>(
     doc: &R,
     node: &ObjId,
 ) -> (Option<NodeId>, crate::tree::Stamp) {
-    match doc.get(node, F_PARENT).ok().flatten() {
+    match doc.r_get(node, F_PARENT) {
         Some((v, opid)) => {
             let parent = match v {
                 automerge::Value::Scalar(s) => match s.as_ref() {
@@ -188,7 +263,7 @@ pub(crate) fn read_parent<R: ReadDoc>(
                     _ => None,
                 },
                 automerge::Value::Object(ObjType::Text) => {
-                    doc.text(&opid).ok().and_then(|s| s.parse().ok())
+                    doc.r_text(&opid).and_then(|s| s.parse().ok())
                 }
                 _ => None,
             };
@@ -208,24 +283,56 @@ pub(crate) fn stamp_of(id: &ObjId) -> crate::tree::Stamp {
     }
 }
 
-/// A whole node (raw parent register); `None` if `obj` is not a node with a kind and id.
-pub(crate) fn read_node<R: ReadDoc>(doc: &R, id: NodeId, obj: &ObjId) -> Node {
-    let sub = |k: &str| child_map(doc, obj, k);
-    Node {
-        id,
-        kind: read_str(doc, obj, F_KIND).unwrap_or_default(),
-        name: read_str(doc, obj, F_NAME).unwrap_or_default(),
-        parent: read_parent(doc, obj).0,
-        order: read_str(doc, obj, F_ORDER),
-        owner: read_str(doc, obj, F_OWNER).and_then(|o| UserId::new(o).ok()),
-        parms: sub(F_PARMS)
-            .map(|p| read_parms(doc, &p))
-            .unwrap_or_default(),
-        inputs: sub(F_INPUTS)
-            .map(|p| read_inputs(doc, &p))
-            .unwrap_or_default(),
-        data: sub(F_DATA).map(|p| read_data(doc, &p)).unwrap_or_default(),
+/// A whole node with its raw parent register and that register's stamp, in one scan of the
+/// node's map (a `get` per field costs several times more on Automerge's columnar op set).
+pub(crate) fn read_node<R: Reader + ?Sized>(
+    doc: &R,
+    id: NodeId,
+    obj: &ObjId,
+) -> (Node, crate::tree::Stamp) {
+    let mut node = Node::new(id, "", "");
+    let mut stamp = crate::tree::Stamp::default();
+    for item in doc.r_map(obj) {
+        let str_value = |item: &automerge::iter::MapRangeItem<'_>| match &item.value {
+            automerge::ValueRef::Scalar(automerge::ScalarValueRef::Str(s)) => Some(s.to_string()),
+            automerge::ValueRef::Object(ObjType::Text) => doc.r_text(&item.id()),
+            _ => None,
+        };
+        let map_id = |item: &automerge::iter::MapRangeItem<'_>| {
+            matches!(
+                item.value,
+                automerge::ValueRef::Object(ObjType::Map | ObjType::Table)
+            )
+            .then(|| item.id())
+        };
+        match item.key.as_ref() {
+            F_KIND => node.kind = str_value(&item).unwrap_or_default(),
+            F_NAME => node.name = str_value(&item).unwrap_or_default(),
+            F_PARENT => {
+                node.parent = str_value(&item).and_then(|s| s.parse().ok());
+                stamp = stamp_of(&item.id());
+            }
+            F_ORDER => node.order = str_value(&item),
+            F_OWNER => node.owner = str_value(&item).and_then(|o| UserId::new(o).ok()),
+            F_PARMS => {
+                node.parms = map_id(&item)
+                    .map(|p| read_parms(doc, &p))
+                    .unwrap_or_default()
+            }
+            F_INPUTS => {
+                node.inputs = map_id(&item)
+                    .map(|p| read_inputs(doc, &p))
+                    .unwrap_or_default()
+            }
+            F_DATA => {
+                node.data = map_id(&item)
+                    .map(|p| read_data(doc, &p))
+                    .unwrap_or_default()
+            }
+            _ => {}
+        }
     }
+    (node, stamp)
 }
 
 // ---------------------------------------------------------------- hydrate (creation)
@@ -346,29 +453,34 @@ pub(crate) fn hydrate_node(n: &Node) -> hydrate::Value {
 
 fn scalar_matches(cur: &ScalarValue, want: &ScalarValue) -> bool {
     match (cur, want) {
-        (ScalarValue::F64(a), ScalarValue::F64(b)) => a.to_bits() == b.to_bits(),
+        (ScalarValue::F64(a), ScalarValue::F64(b)) => crate::value::bits_eq(*a, *b),
         _ => cur == want,
     }
 }
 
 /// Puts a scalar unless the register already holds exactly that value.
-pub(crate) fn put_scalar<T: Transactable>(
+pub(crate) fn put_scalar<T: Transactable + Reader>(
     tx: &mut T,
     obj: &ObjId,
     key: &str,
     want: ScalarValue,
 ) -> Result<()> {
-    if let Some((automerge::Value::Scalar(cur), _)) = tx.get(obj, key)? {
-        if scalar_matches(cur.as_ref(), &want) {
-            return Ok(());
-        }
+    if let Some((automerge::Value::Scalar(cur), _)) = tx.get(obj, key)?
+        && scalar_matches(cur.as_ref(), &want)
+    {
+        return Ok(());
     }
     tx.put(obj, key, want)?;
     Ok(())
 }
 
 /// Puts a string, or updates it in place when the document holds it as a Text object.
-pub(crate) fn put_str<T: Transactable>(tx: &mut T, obj: &ObjId, key: &str, s: &str) -> Result<()> {
+pub(crate) fn put_str<T: Transactable + Reader>(
+    tx: &mut T,
+    obj: &ObjId,
+    key: &str,
+    s: &str,
+) -> Result<()> {
     if let Some((automerge::Value::Object(ObjType::Text), id)) = tx.get(obj, key)? {
         tx.update_text(&id, s)?;
         return Ok(());
@@ -377,14 +489,23 @@ pub(crate) fn put_str<T: Transactable>(tx: &mut T, obj: &ObjId, key: &str, s: &s
 }
 
 /// Deletes `obj[key]` if present.
-pub(crate) fn delete_key<T: Transactable>(tx: &mut T, obj: &ObjId, key: &str) -> Result<()> {
+pub(crate) fn delete_key<T: Transactable + Reader>(
+    tx: &mut T,
+    obj: &ObjId,
+    key: &str,
+) -> Result<()> {
     if tx.get(obj, key)?.is_some() {
         tx.delete(obj, key)?;
     }
     Ok(())
 }
 
-fn map_with_tag<T: Transactable>(tx: &T, obj: &ObjId, key: &str, tag: &str) -> Option<ObjId> {
+fn map_with_tag<T: Transactable + Reader>(
+    tx: &T,
+    obj: &ObjId,
+    key: &str,
+    tag: &str,
+) -> Option<ObjId> {
     let id = child_map(tx, obj, key)?;
     (read_str(tx, &id, "type").as_deref() == Some(tag)).then_some(id)
 }
@@ -392,7 +513,7 @@ fn map_with_tag<T: Transactable>(tx: &T, obj: &ObjId, key: &str, tag: &str) -> O
 /// Writes `value` (or removes the key for `None`) with the fewest ops that make the document
 /// hold it: unchanged registers are left alone, vectors and keyframes change per component,
 /// text changes per character.
-pub(crate) fn write_value<T: Transactable>(
+pub(crate) fn write_value<T: Transactable + Reader>(
     tx: &mut T,
     obj: &ObjId,
     key: &str,
@@ -488,7 +609,7 @@ fn unreachable_scalar() -> ! {
     unreachable!("scalar values hydrate to scalars")
 }
 
-fn write_keyframe<T: Transactable>(tx: &mut T, kid: &ObjId, k: &Keyframe) -> Result<()> {
+fn write_keyframe<T: Transactable + Reader>(tx: &mut T, kid: &ObjId, k: &Keyframe) -> Result<()> {
     put_scalar(tx, kid, "v", ScalarValue::F64(k.value))?;
     match &k.interp {
         Some(i) => put_str(tx, kid, "i", i)?,
@@ -509,7 +630,12 @@ fn write_keyframe<T: Transactable>(tx: &mut T, kid: &ObjId, k: &Keyframe) -> Res
     Ok(())
 }
 
-fn create<T: Transactable>(tx: &mut T, obj: &ObjId, key: &str, value: &Value) -> Result<()> {
+fn create<T: Transactable + Reader>(
+    tx: &mut T,
+    obj: &ObjId,
+    key: &str,
+    value: &Value,
+) -> Result<()> {
     tx.batch_create_object(obj, key, &hydrate_value(value), false)?;
     Ok(())
 }

@@ -45,6 +45,19 @@ pub enum Error {
     /// The bytes could not be decoded as an Automerge document or change.
     #[error("corrupt document: {0}")]
     Corrupt(String),
+    /// A version (change hash, checkpoint name or time) that this document does not have.
+    #[error("unknown version {0}")]
+    UnknownVersion(String),
+    /// A checkpoint name that is empty, has control characters, or reads as another kind
+    /// of version (`latest`, change hashes, `t:<ms>`).
+    #[error("invalid checkpoint name {0:?}")]
+    InvalidCheckpointName(String),
+    /// A role name other than `admin`, `editor`, `viewer`.
+    #[error("invalid role {0:?}: expected admin, editor or viewer")]
+    InvalidRole(String),
+    /// The rules refuse this edit.
+    #[error("forbidden: {0}")]
+    Forbidden(crate::rules::Forbidden),
     /// JSON that does not describe a scene.
     #[error("invalid scene json: {0}")]
     Json(#[from] serde_json::Error),

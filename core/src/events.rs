@@ -137,8 +137,21 @@ pub(crate) enum Loc {
     Parm(NodeId, String),
     /// Inside a node field other than parms (`inputs`, `data`, a Text `name`, ...).
     Field(NodeId, String),
+    /// Inside the room rules (`rules` map: locks and per-parm grants).
+    Rules(RulesLoc),
     /// Not part of the scene layout (a stock client's extra keys).
     Elsewhere,
+}
+
+/// Where inside `rules` an object sits.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum RulesLoc {
+    Root,
+    Locks,
+    Lock(NodeId),
+    Grants,
+    Grant(NodeId),
+    GrantParm(NodeId, String),
 }
 
 /// Object id → location, filled lazily from `parents()` and kept for good: in a map, an
@@ -192,6 +205,24 @@ fn resolve(doc: &automerge::Automerge, opid: &str) -> Loc {
 fn locate_path(path: &[String]) -> Loc {
     match path {
         [] => Loc::Root,
+        [r, rest @ ..] if r == KEY_RULES => {
+            let node = |s: &String| s.parse::<NodeId>().ok();
+            match rest {
+                [] => Loc::Rules(RulesLoc::Root),
+                [l] if l == "locks" => Loc::Rules(RulesLoc::Locks),
+                [l, id, ..] if l == "locks" => {
+                    node(id).map_or(Loc::Elsewhere, |n| Loc::Rules(RulesLoc::Lock(n)))
+                }
+                [g] if g == "grants" => Loc::Rules(RulesLoc::Grants),
+                [g, id] if g == "grants" => {
+                    node(id).map_or(Loc::Elsewhere, |n| Loc::Rules(RulesLoc::Grant(n)))
+                }
+                [g, id, parm, ..] if g == "grants" => node(id).map_or(Loc::Elsewhere, |n| {
+                    Loc::Rules(RulesLoc::GrantParm(n, parm.clone()))
+                }),
+                _ => Loc::Elsewhere,
+            }
+        }
         [n] if n == KEY_NODES => Loc::Nodes,
         [n, id, rest @ ..] if n == KEY_NODES => {
             let Ok(id) = id.parse::<NodeId>() else {
@@ -208,6 +239,77 @@ fn locate_path(path: &[String]) -> Loc {
     }
 }
 
+impl Loc {
+    /// Where an object created at `self[key]` sits.
+    fn child(&self, key: &str) -> Loc {
+        match self {
+            Loc::Root => locate_path(&[key.to_owned()]),
+            Loc::Nodes => key.parse().map_or(Loc::Elsewhere, Loc::Node),
+            Loc::Node(id) if key == F_PARMS => Loc::Parms(*id),
+            Loc::Node(id) => Loc::Field(*id, key.to_owned()),
+            Loc::Parms(id) => Loc::Parm(*id, key.to_owned()),
+            Loc::Parm(..) | Loc::Field(..) => self.clone(),
+            Loc::Rules(r) => match r {
+                RulesLoc::Root if key == "locks" => Loc::Rules(RulesLoc::Locks),
+                RulesLoc::Root if key == "grants" => Loc::Rules(RulesLoc::Grants),
+                RulesLoc::Locks => key
+                    .parse()
+                    .map_or(Loc::Elsewhere, |n| Loc::Rules(RulesLoc::Lock(n))),
+                RulesLoc::Lock(_) => self.clone(),
+                RulesLoc::Grants => key
+                    .parse()
+                    .map_or(Loc::Elsewhere, |n| Loc::Rules(RulesLoc::Grant(n))),
+                RulesLoc::Grant(n) => Loc::Rules(RulesLoc::GrantParm(*n, key.to_owned())),
+                RulesLoc::GrantParm(..) => self.clone(),
+                RulesLoc::Root => Loc::Elsewhere,
+            },
+            Loc::Elsewhere => Loc::Elsewhere,
+        }
+    }
+}
+
+/// One op of a change, located in the scene layout.
+pub(crate) struct LocatedOp<'a> {
+    pub(crate) loc: Loc,
+    /// The map key the op writes (`None` for list/text positions).
+    pub(crate) key: Option<&'a str>,
+    pub(crate) op: &'a automerge::legacy::Op,
+}
+
+/// Calls `f` for every op of `changes`, in order, with its location. Objects created by the
+/// changes themselves are located from the op that made them, so this works before the
+/// changes are applied (the server checks rules that way) and saves `parents()` calls after.
+pub(crate) fn walk_ops(
+    doc: &automerge::Automerge,
+    index: &mut ObjIndex,
+    changes: &[automerge::Change],
+    mut f: impl FnMut(LocatedOp<'_>),
+) {
+    for change in changes {
+        let expanded = change.decode();
+        let start = expanded.start_op.get();
+        for (i, op) in expanded.operations.iter().enumerate() {
+            let key = match &op.key {
+                automerge::legacy::Key::Map(k) => Some(k.as_str()),
+                automerge::legacy::Key::Seq(_) => None,
+            };
+            let loc = index.locate(doc, &op.obj);
+            if let automerge::legacy::OpType::Make(_) = op.action {
+                let child = match key {
+                    Some(k) => loc.child(k),
+                    None => loc.clone(),
+                };
+                if child != Loc::Elsewhere {
+                    index
+                        .locs
+                        .insert((start + i as u64, expanded.actor_id.clone()), child);
+                }
+            }
+            f(LocatedOp { loc, key, op });
+        }
+    }
+}
+
 /// Collects what the ops of `changes` touched.
 pub(crate) fn touched(
     doc: &automerge::Automerge,
@@ -215,47 +317,45 @@ pub(crate) fn touched(
     changes: &[automerge::Change],
 ) -> Touched {
     let mut t = Touched::default();
-    for change in changes {
-        let expanded = change.decode();
-        for op in &expanded.operations {
-            let key = match &op.key {
-                automerge::legacy::Key::Map(k) => Some(k.as_str()),
-                automerge::legacy::Key::Seq(_) => None,
-            };
-            match index.locate(doc, &op.obj) {
-                Loc::Root => {
-                    if matches!(key, Some(KEY_NODES) | Some(KEY_SCHEMA)) {
-                        t.rescan = true;
-                    }
+    walk_ops(doc, index, changes, |op| {
+        let key = op.key;
+        match op.loc {
+            Loc::Root => {
+                if matches!(key, Some(KEY_NODES) | Some(KEY_SCHEMA)) {
+                    t.rescan = true;
                 }
-                Loc::Nodes => {
-                    if let Some(id) = key.and_then(|k| k.parse::<NodeId>().ok()) {
-                        t.nodes.entry(id).or_default().entry = true;
-                    }
-                }
-                Loc::Node(id) => {
-                    if let Some(k) = key {
-                        t.nodes.entry(id).or_default().field(k);
-                    }
-                }
-                Loc::Parms(id) => {
-                    if let Some(k) = key {
-                        t.nodes.entry(id).or_default().parms.insert(k.to_owned());
-                    }
-                }
-                Loc::Parm(id, name) => {
-                    t.nodes.entry(id).or_default().parms.insert(name);
-                }
-                Loc::Field(id, field) => t.nodes.entry(id).or_default().field(&field),
-                Loc::Elsewhere => {}
             }
+            Loc::Nodes => {
+                if let Some(id) = key.and_then(|k| k.parse::<NodeId>().ok()) {
+                    t.nodes.entry(id).or_default().entry = true;
+                }
+            }
+            Loc::Node(id) => {
+                if let Some(k) = key {
+                    t.nodes.entry(id).or_default().field(k);
+                }
+            }
+            Loc::Parms(id) => {
+                if let Some(k) = key {
+                    t.nodes.entry(id).or_default().parms.insert(k.to_owned());
+                }
+            }
+            Loc::Parm(id, name) => {
+                t.nodes.entry(id).or_default().parms.insert(name);
+            }
+            Loc::Field(id, field) => t.nodes.entry(id).or_default().field(&field),
+            Loc::Rules(_) | Loc::Elsewhere => {}
         }
-    }
+    });
     t
 }
 
 /// Looks up the object of `nodes[id]`.
-pub(crate) fn node_obj<R: ReadDoc>(doc: &R, nodes: &ObjId, id: NodeId) -> Option<ObjId> {
+pub(crate) fn node_obj<R: crate::codec::Reader + ?Sized>(
+    doc: &R,
+    nodes: &ObjId,
+    id: NodeId,
+) -> Option<ObjId> {
     crate::codec::child_map(doc, nodes, &id.to_string())
 }
 

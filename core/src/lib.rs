@@ -15,10 +15,12 @@
 mod codec;
 mod error;
 mod events;
+mod history;
 mod ids;
 mod model;
 mod node;
 pub mod order;
+mod rules;
 mod scene;
 pub mod schema;
 mod tree;
@@ -28,9 +30,13 @@ pub mod wire;
 pub use automerge;
 pub use error::{Error, Result};
 pub use events::SceneEvent;
+pub use history::{
+    Blame, ChangeInfo, Checkpoint, Conflict, LogEntry, LogFilter, MergeReport, UndoOutcome, Version,
+};
 pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
 pub use model::Scene;
 pub use node::{Input, Node, SceneSnapshot};
+pub use rules::{Forbidden, Lock, Role, RuleChecker, Rules, read_rules};
 pub use scene::{DiffReport, SceneDoc};
 pub use tree::{Stamp, Tree};
 pub use value::{Expr, Frame, Keyframe, Scalar, Value};

@@ -43,17 +43,19 @@ const GENESIS_ACTOR: [u8; 16] = *b"tandem-genesis-0";
 const APPLY_CHUNK: usize = 8;
 
 #[derive(Debug)]
-struct Entry {
+pub(crate) struct Entry {
     /// The node with its raw parent register.
-    node: Node,
+    pub(crate) node: Node,
     /// Who wrote the parent register, when (for the cycle rule).
-    stamp: Stamp,
+    pub(crate) stamp: Stamp,
     /// `nodes[id]` in the document; `None` until a pending creation is committed.
-    obj: Option<ObjId>,
+    pub(crate) obj: Option<ObjId>,
 }
 
 #[derive(Debug, Default)]
-struct Pending {
+pub(crate) struct Pending {
+    /// The node as committed before this window's first edit (`None` if it did not exist).
+    before: Option<Node>,
     created: bool,
     removed: bool,
     /// Rewrite every field (a node deleted and re-added before the commit).
@@ -77,28 +79,36 @@ pub struct DiffReport {
     pub removed: usize,
     /// Fields (name, parent, order, one parm, one input, ...) of existing nodes that differ.
     pub changed: usize,
+    /// Edits the rules refuse (left out; see [`SceneDoc::refusals`]).
+    pub refused: usize,
 }
 
 impl DiffReport {
     /// True when the host matched the scene exactly.
     pub fn is_empty(&self) -> bool {
-        self.created == 0 && self.removed == 0 && self.changed == 0
+        self.created == 0 && self.removed == 0 && self.changed == 0 && self.refused == 0
     }
 }
 
 /// A scene document with its materialized scene. See the module docs.
 #[derive(Debug)]
 pub struct SceneDoc {
-    doc: Automerge,
-    user: UserId,
-    nodes_obj: ObjId,
-    entries: HashMap<NodeId, Entry>,
-    tree: Tree,
-    tree_stale: bool,
-    pending: BTreeMap<NodeId, Pending>,
-    pending_since_ms: Option<i64>,
-    last_edit_ms: i64,
-    index: ObjIndex,
+    pub(crate) doc: Automerge,
+    pub(crate) user: UserId,
+    pub(crate) nodes_obj: ObjId,
+    pub(crate) entries: HashMap<NodeId, Entry>,
+    pub(crate) tree: Tree,
+    pub(crate) tree_stale: bool,
+    pub(crate) pending: BTreeMap<NodeId, Pending>,
+    pub(crate) pending_since_ms: Option<i64>,
+    pub(crate) last_edit_ms: i64,
+    pub(crate) index: ObjIndex,
+    /// Own undo/redo (see `history`).
+    pub(crate) undo: crate::history::UndoStacks,
+    /// This replica's role; diffs leave out what the rules refuse it.
+    pub(crate) role: crate::rules::Role,
+    /// What the last diff left out, and why.
+    pub(crate) refusals: Vec<crate::rules::Forbidden>,
 }
 
 fn genesis() -> Result<Automerge> {
@@ -106,6 +116,10 @@ fn genesis() -> Result<Automerge> {
     let mut tx = doc.transaction();
     tx.put(ROOT, KEY_SCHEMA, SCHEMA_VERSION)?;
     tx.put_object(ROOT, KEY_NODES, ObjType::Map)?;
+    tx.put_object(ROOT, KEY_CHECKPOINTS, ObjType::Map)?;
+    let rules = tx.put_object(ROOT, KEY_RULES, ObjType::Map)?;
+    tx.put_object(&rules, "locks", ObjType::Map)?;
+    tx.put_object(&rules, "grants", ObjType::Map)?;
     tx.commit_with(CommitOptions::default().with_time(0));
     Ok(doc)
 }
@@ -154,6 +168,9 @@ impl SceneDoc {
             pending_since_ms: None,
             last_edit_ms: 0,
             index: ObjIndex::default(),
+            undo: Default::default(),
+            role: crate::rules::Role::Editor,
+            refusals: Vec::new(),
         };
         this.entries = this.read_all();
         Ok(this)
@@ -171,8 +188,7 @@ impl SceneDoc {
                 continue;
             }
             let obj = item.id();
-            let node = codec::read_node(&self.doc, id, &obj);
-            let stamp = codec::read_parent(&self.doc, &obj).1;
+            let (node, stamp) = codec::read_node(&self.doc, id, &obj);
             out.insert(
                 id,
                 Entry {
@@ -296,18 +312,32 @@ impl SceneDoc {
         check_unique(nodes)?;
         self.refresh_tree();
         let mut report = DiffReport::default();
+        let (allowed, allowed_removed);
+        let (nodes, removed) = match self.refuse(nodes, removed) {
+            None => (nodes, removed),
+            Some((n, r)) => {
+                report.refused = self.refusals.len();
+                (allowed, allowed_removed) = (n, r);
+                (allowed.as_slice(), allowed_removed.as_slice())
+            }
+        };
         let mut last_key: HashMap<Option<NodeId>, String> = HashMap::new();
         for h in nodes {
             self.diff_one(h, &mut last_key, &mut report);
         }
         for &id in removed {
-            if self.entries.remove(&id).is_some() {
-                let p = self.pending.entry(id).or_default();
+            if let Some(gone) = self.entries.remove(&id) {
+                let p = self.pending.entry(id).or_insert_with(|| Pending {
+                    before: Some(gone.node),
+                    ..Pending::default()
+                });
                 if p.created {
                     // Created and removed before any commit: the document never saw it.
                     self.pending.remove(&id);
                 } else {
+                    let before = p.before.take();
                     *p = Pending {
+                        before,
                         removed: true,
                         ..Pending::default()
                     };
@@ -321,6 +351,78 @@ impl SceneDoc {
             self.last_edit_ms = self.last_edit_ms.max(now_ms);
         }
         Ok(report)
+    }
+
+    /// Sets the role this replica edits with (as the server granted it); diffs then leave
+    /// out what the rules refuse, so honest users rarely meet a server rejection.
+    pub fn set_role(&mut self, role: crate::rules::Role) {
+        self.role = role;
+    }
+
+    /// What the last diff left out because the rules refuse it.
+    pub fn refusals(&self) -> &[crate::rules::Forbidden] {
+        &self.refusals
+    }
+
+    /// The host's edits with everything the rules refuse left out; `None` when nothing
+    /// needs filtering (admins, or no locks and grants).
+    #[allow(clippy::type_complexity)]
+    fn refuse(&mut self, nodes: &[Node], removed: &[NodeId]) -> Option<(Vec<Node>, Vec<NodeId>)> {
+        use crate::rules::Role;
+        self.refusals.clear();
+        if self.role == Role::Admin {
+            return None;
+        }
+        let rules = self.rules();
+        if self.role == Role::Editor && rules.locks.is_empty() && rules.grants.is_empty() {
+            return None;
+        }
+        let mut keep = Vec::with_capacity(nodes.len());
+        for h in nodes {
+            let Some(cur) = self.entries.get(&h.id).map(|e| &e.node) else {
+                match self.may_edit(&self.user, self.role, h.id, None) {
+                    Err(f) if self.role == Role::Viewer => self.refusals.push(f),
+                    _ => keep.push(h.clone()),
+                }
+                continue;
+            };
+            if !differs(cur, h, self.tree.parent(h.id)) {
+                keep.push(h.clone());
+                continue;
+            }
+            if let Err(f) = self.may_edit(&self.user, self.role, h.id, None) {
+                // A lock refuses the whole node; grants are per parm, below.
+                if !f.rule.starts_with("granted") {
+                    self.refusals.push(f);
+                    continue;
+                }
+            }
+            let mut h2 = h.clone();
+            let keys: BTreeSet<&String> = h.parms.keys().chain(cur.parms.keys()).collect();
+            for k in keys {
+                if h.parms.get(k) == cur.parms.get(k) {
+                    continue;
+                }
+                if let Err(f) =
+                    self.may_edit(&self.user, self.role, h.id, Some(&format!("parm:{k}")))
+                {
+                    self.refusals.push(f);
+                    match cur.parms.get(k) {
+                        Some(v) => h2.parms.insert(k.clone(), v.clone()),
+                        None => h2.parms.remove(k),
+                    };
+                }
+            }
+            keep.push(h2);
+        }
+        let mut keep_removed = Vec::with_capacity(removed.len());
+        for &id in removed {
+            match self.may_edit(&self.user, self.role, id, None) {
+                Err(f) if self.entries.contains_key(&id) => self.refusals.push(f),
+                _ => keep_removed.push(id),
+            }
+        }
+        Some((keep, keep_removed))
     }
 
     fn next_order(
@@ -366,7 +468,9 @@ impl SceneDoc {
             let p = self.pending.entry(id).or_default();
             if p.removed {
                 // Removed and re-added before the commit: rewrite it whole.
+                let before = p.before.take();
                 *p = Pending {
+                    before,
                     all: true,
                     ..Pending::default()
                 };
@@ -381,7 +485,13 @@ impl SceneDoc {
         let Some(e) = self.entries.get_mut(&id) else {
             return;
         };
-        let p = self.pending.entry(id).or_default();
+        if !differs(&e.node, h, effective_parent) {
+            return;
+        }
+        let p = self.pending.entry(id).or_insert_with(|| Pending {
+            before: Some(e.node.clone()),
+            ..Pending::default()
+        });
         let n = &mut e.node;
         let mut changed = 0;
         if n.kind != h.kind {
@@ -415,9 +525,6 @@ impl SceneDoc {
         changed += sync_map(&mut n.parms, &h.parms, &mut p.parms);
         changed += sync_map(&mut n.inputs, &h.inputs, &mut p.inputs);
         changed += sync_map(&mut n.data, &h.data, &mut p.data);
-        if changed == 0 && !p.any() {
-            self.pending.remove(&id);
-        }
         report.changed += changed;
     }
 
@@ -447,7 +554,20 @@ impl SceneDoc {
         let pending = std::mem::take(&mut self.pending);
         self.pending_since_ms = None;
         match self.write_pending(&pending, message) {
-            Ok(hash) => Ok(hash),
+            Ok(hash) => {
+                if hash.is_some() {
+                    let record = pending
+                        .into_iter()
+                        .map(|(id, p)| {
+                            let before = if p.created { None } else { p.before };
+                            let after = self.entries.get(&id).map(|e| e.node.clone());
+                            (id, before, after)
+                        })
+                        .collect();
+                    self.undo.record(record);
+                }
+                Ok(hash)
+            }
             Err(e) => {
                 // The document refused a write; the mirror may be ahead of it. Re-read.
                 tracing::error!(error = %e, "commit failed; re-reading the scene from the document");
@@ -673,8 +793,7 @@ impl SceneDoc {
                 removed.push(id);
             }
             let Some(e) = self.entries.get_mut(&id) else {
-                let node = codec::read_node(&self.doc, id, &obj);
-                let stamp = codec::read_parent(&self.doc, &obj).1;
+                let (node, stamp) = codec::read_node(&self.doc, id, &obj);
                 self.entries.insert(
                     id,
                     Entry {
@@ -805,20 +924,16 @@ impl SceneDoc {
     }
 }
 
-impl Pending {
-    fn any(&self) -> bool {
-        self.created
-            || self.removed
-            || self.all
-            || self.kind
-            || self.name
-            || self.parent
-            || self.order
-            || self.owner
-            || !self.parms.is_empty()
-            || !self.inputs.is_empty()
-            || !self.data.is_empty()
-    }
+/// Whether host node `h` differs from the scene's node `n` in anything a diff writes.
+fn differs(n: &Node, h: &Node, effective_parent: Option<NodeId>) -> bool {
+    n.kind != h.kind
+        || n.name != h.name
+        || h.parent != effective_parent
+        || (h.order.is_some() && h.order != n.order)
+        || (h.owner.is_some() && h.owner != n.owner)
+        || n.parms != h.parms
+        || n.inputs != h.inputs
+        || n.data != h.data
 }
 
 fn check_unique(nodes: &[Node]) -> Result<HashSet<NodeId>> {
@@ -877,7 +992,11 @@ pub(crate) fn map_delta<V: Clone + PartialEq>(
     d
 }
 
-fn ensure_map<T: Transactable>(tx: &mut T, obj: &ObjId, key: &str) -> Result<ObjId> {
+fn ensure_map<T: Transactable + codec::Reader>(
+    tx: &mut T,
+    obj: &ObjId,
+    key: &str,
+) -> Result<ObjId> {
     match codec::child_map(tx, obj, key) {
         Some(id) => Ok(id),
         None => Ok(tx.put_object(obj, key, ObjType::Map)?),

@@ -3,6 +3,8 @@
 //! ```text
 //! ROOT
 //! ├─ schema: Int            version of this layout (SCHEMA_VERSION)
+//! ├─ rules: Map             locks: {NodeId → {by, subtree}}, grants: {NodeId → {parm → "user,user"}}
+//! ├─ checkpoints: Map       name → {heads: "hex,hex", comment, author, time}
 //! └─ nodes: Map             NodeId (hyphenated uuid) → node
 //!    └─ <uuid>: Map
 //!       ├─ kind: Str        "blender.object/MESH", "usd.prim/Xform", ...
@@ -27,6 +29,10 @@ pub const SCHEMA_VERSION: i64 = 1;
 pub(crate) const KEY_SCHEMA: &str = "schema";
 /// Root key holding the nodes map.
 pub(crate) const KEY_NODES: &str = "nodes";
+/// Root key holding the room rules (locks, per-parm grants).
+pub(crate) const KEY_RULES: &str = "rules";
+/// Root key holding named checkpoints.
+pub(crate) const KEY_CHECKPOINTS: &str = "checkpoints";
 
 pub(crate) const F_KIND: &str = "kind";
 pub(crate) const F_NAME: &str = "name";

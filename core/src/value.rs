@@ -7,7 +7,8 @@
 //! `{"blob": "<sha-256 hex>"}`. An integer and a float are different types: `1` is an int,
 //! `1.0` a float.
 //!
-//! Equality is bitwise for floats, so `NaN == NaN` and an unchanged NaN never produces an op.
+//! Equality is bitwise for floats, so `NaN == NaN` and an unchanged NaN never produces an op;
+//! `0.0 == -0.0`, as in the document.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -38,7 +39,7 @@ impl PartialEq for Scalar {
         match (self, other) {
             (Self::Bool(a), Self::Bool(b)) => a == b,
             (Self::Int(a), Self::Int(b)) => a == b,
-            (Self::Float(a), Self::Float(b)) => a.to_bits() == b.to_bits(),
+            (Self::Float(a), Self::Float(b)) => bits_eq(*a, *b),
             (Self::String(a), Self::String(b)) => a == b,
             _ => false,
         }
@@ -118,8 +119,11 @@ pub struct Keyframe {
     pub handle_right: Option<[f64; 2]>,
 }
 
-fn bits_eq(a: f64, b: f64) -> bool {
-    a.to_bits() == b.to_bits()
+/// Float equality as the document sees it: bitwise (so NaN equals NaN and an unchanged NaN
+/// writes nothing), except that 0.0 and -0.0 are one value — Automerge drops a put of one
+/// over the other, so treating them as different would leave the mirror out of step.
+pub(crate) fn bits_eq(a: f64, b: f64) -> bool {
+    a.to_bits() == b.to_bits() || (a == 0.0 && b == 0.0)
 }
 
 fn handle_eq(a: &Option<[f64; 2]>, b: &Option<[f64; 2]>) -> bool {
@@ -139,7 +143,7 @@ impl PartialEq for Keyframe {
     }
 }
 
-/// A typed parm value. `==` is bitwise for floats (see the module docs).
+/// A typed parm value. `==` is bitwise for floats except for signed zeros (module docs).
 #[derive(Clone, Debug)]
 pub enum Value {
     /// A boolean.
@@ -411,7 +415,8 @@ mod tests {
     #[test]
     fn nan_equals_itself_bitwise() {
         assert_eq!(Value::Float(f64::NAN), Value::Float(f64::NAN));
-        assert_ne!(Value::Float(0.0), Value::Float(-0.0));
+        assert_eq!(Value::Float(0.0), Value::Float(-0.0));
+        assert_ne!(Value::Float(1.0), Value::Float(1.0 + f64::EPSILON));
         assert_eq!(Frame::new(-0.0), Frame::new(0.0));
         assert_eq!(Frame::new(24.0).unwrap().key(), "24");
         assert!(Frame::new(f64::NAN).is_none());

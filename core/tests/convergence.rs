@@ -17,21 +17,73 @@ use tandem_core::{Frame, Input, Keyframe, Node, NodeId, Scalar, Scene, SceneDoc,
 
 #[derive(Clone, Debug)]
 enum Action {
-    Create { r: usize, parent: Option<usize> },
-    Delete { r: usize, n: usize },
-    Rename { r: usize, n: usize, name: u8 },
-    Reparent { r: usize, n: usize, parent: Option<usize> },
-    Reorder { r: usize, n: usize, before: usize },
-    SetParm { r: usize, n: usize, parm: u8, value: i32 },
-    SetComponent { r: usize, n: usize, comp: usize, value: i32 },
-    EditText { r: usize, n: usize, pos: usize, del: usize, text: String },
-    AddKey { r: usize, n: usize, frame: u8, value: i32 },
-    Wire { r: usize, n: usize, src: usize },
-    Commit { r: usize },
-    Sync { a: usize, b: usize },
-    Partition { mask: u8 },
+    Create {
+        r: usize,
+        parent: Option<usize>,
+    },
+    Delete {
+        r: usize,
+        n: usize,
+    },
+    Rename {
+        r: usize,
+        n: usize,
+        name: u8,
+    },
+    Reparent {
+        r: usize,
+        n: usize,
+        parent: Option<usize>,
+    },
+    Reorder {
+        r: usize,
+        n: usize,
+        before: usize,
+    },
+    SetParm {
+        r: usize,
+        n: usize,
+        parm: u8,
+        value: i32,
+    },
+    SetComponent {
+        r: usize,
+        n: usize,
+        comp: usize,
+        value: i32,
+    },
+    EditText {
+        r: usize,
+        n: usize,
+        pos: usize,
+        del: usize,
+        text: String,
+    },
+    AddKey {
+        r: usize,
+        n: usize,
+        frame: u8,
+        value: i32,
+    },
+    Wire {
+        r: usize,
+        n: usize,
+        src: usize,
+    },
+    Commit {
+        r: usize,
+    },
+    Sync {
+        a: usize,
+        b: usize,
+    },
+    Partition {
+        mask: u8,
+    },
     Heal,
-    SaveLoad { r: usize },
+    SaveLoad {
+        r: usize,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -74,15 +126,24 @@ impl World {
         let replicas = (0..count)
             .map(|i| {
                 let doc = SceneDoc::new(UserId::new(format!("user{i}")).unwrap()).unwrap();
-                Replica { doc, host: Scene::default() }
+                Replica {
+                    doc,
+                    host: Scene::default(),
+                }
             })
             .collect();
-        Self { replicas, side: vec![false; count], clock: 0 }
+        Self {
+            replicas,
+            side: vec![false; count],
+            clock: 0,
+        }
     }
 
     fn pick(&self, r: usize, n: usize) -> Option<NodeId> {
         let host = &self.replicas[r].host;
-        host.nodes.keys().nth(n % host.nodes.len().max(1))
+        host.nodes
+            .keys()
+            .nth(n % host.nodes.len().max(1))
             .copied()
             .filter(|_| !host.nodes.is_empty())
     }
@@ -149,7 +210,8 @@ impl World {
                     let id = NodeId::new_v4();
                     let mut node = Node::new(id, "test/node", "n");
                     node.parent = parent;
-                    node.parms.insert("v".into(), Value::Vector(vec![Scalar::Float(0.0); 3]));
+                    node.parms
+                        .insert("v".into(), Value::Vector(vec![Scalar::Float(0.0); 3]));
                     h.nodes.insert(id, node);
                 });
             }
@@ -168,23 +230,27 @@ impl World {
             Action::Rename { r, n: k, name } => {
                 let r = r % n;
                 let Some(id) = self.pick(r, k) else { return };
-                self.edit(r, |h| h.nodes.get_mut(&id).unwrap().name = format!("name{name}"));
+                self.edit(r, |h| {
+                    h.nodes.get_mut(&id).unwrap().name = format!("name{name}")
+                });
             }
             Action::Reparent { r, n: k, parent } => {
                 let r = r % n;
                 let Some(id) = self.pick(r, k) else { return };
                 let parent = parent.and_then(|p| self.pick(r, p));
                 let host = &self.replicas[r].host;
-                if let Some(p) = parent {
-                    if Self::is_ancestor(host, id, Some(p)) {
-                        return; // a host never makes a local cycle
-                    }
+                if let Some(p) = parent
+                    && Self::is_ancestor(host, id, Some(p))
+                {
+                    return; // a host never makes a local cycle
                 }
                 self.edit(r, |h| h.nodes.get_mut(&id).unwrap().parent = parent);
             }
             Action::Reorder { r, n: k, before } => {
                 let r = r % n;
-                let (Some(id), Some(b)) = (self.pick(r, k), self.pick(r, before)) else { return };
+                let (Some(id), Some(b)) = (self.pick(r, k), self.pick(r, before)) else {
+                    return;
+                };
                 if id == b {
                     return;
                 }
@@ -198,7 +264,12 @@ impl World {
                     }
                 });
             }
-            Action::SetParm { r, n: k, parm, value } => {
+            Action::SetParm {
+                r,
+                n: k,
+                parm,
+                value,
+            } => {
                 let r = r % n;
                 let Some(id) = self.pick(r, k) else { return };
                 let v = match parm {
@@ -207,10 +278,19 @@ impl World {
                     _ => Value::String(format!("s{value}")),
                 };
                 self.edit(r, |h| {
-                    h.nodes.get_mut(&id).unwrap().parms.insert(format!("p{parm}"), v);
+                    h.nodes
+                        .get_mut(&id)
+                        .unwrap()
+                        .parms
+                        .insert(format!("p{parm}"), v);
                 });
             }
-            Action::SetComponent { r, n: k, comp, value } => {
+            Action::SetComponent {
+                r,
+                n: k,
+                comp,
+                value,
+            } => {
                 let r = r % n;
                 let Some(id) = self.pick(r, k) else { return };
                 self.edit(r, |h| {
@@ -226,7 +306,13 @@ impl World {
                     node.parms.insert("v".into(), Value::Vector(comps));
                 });
             }
-            Action::EditText { r, n: k, pos, del, text } => {
+            Action::EditText {
+                r,
+                n: k,
+                pos,
+                del,
+                text,
+            } => {
                 let r = r % n;
                 let Some(id) = self.pick(r, k) else { return };
                 self.edit(r, |h| {
@@ -239,10 +325,16 @@ impl World {
                     let pos = pos.min(chars.len());
                     let end = (pos + del).min(chars.len());
                     chars.splice(pos..end, text.chars());
-                    node.parms.insert("code".into(), Value::Text(chars.into_iter().collect()));
+                    node.parms
+                        .insert("code".into(), Value::Text(chars.into_iter().collect()));
                 });
             }
-            Action::AddKey { r, n: k, frame, value } => {
+            Action::AddKey {
+                r,
+                n: k,
+                frame,
+                value,
+            } => {
                 let r = r % n;
                 let Some(id) = self.pick(r, k) else { return };
                 self.edit(r, |h| {
@@ -253,16 +345,25 @@ impl World {
                     };
                     keys.insert(
                         Frame::new(frame as f64 * 12.0).unwrap(),
-                        Keyframe { value: value as f64, ..Keyframe::default() },
+                        Keyframe {
+                            value: value as f64,
+                            ..Keyframe::default()
+                        },
                     );
                     node.parms.insert("anim".into(), Value::Curve(keys));
                 });
             }
             Action::Wire { r, n: k, src } => {
                 let r = r % n;
-                let (Some(id), Some(src)) = (self.pick(r, k), self.pick(r, src)) else { return };
+                let (Some(id), Some(src)) = (self.pick(r, k), self.pick(r, src)) else {
+                    return;
+                };
                 self.edit(r, |h| {
-                    h.nodes.get_mut(&id).unwrap().inputs.insert("in".into(), Input::from_node(src));
+                    h.nodes
+                        .get_mut(&id)
+                        .unwrap()
+                        .inputs
+                        .insert("in".into(), Input::from_node(src));
                 });
             }
             Action::Commit { r } => {
@@ -309,12 +410,24 @@ impl World {
             let tree = rep.doc.tree().clone();
             let walk = tree.walk();
             let unique: HashSet<NodeId> = walk.iter().copied().collect();
-            assert_eq!(walk.len(), rep.doc.len(), "replica {i}: a node is missing from the tree or in it twice");
+            assert_eq!(
+                walk.len(),
+                rep.doc.len(),
+                "replica {i}: a node is missing from the tree or in it twice"
+            );
             assert_eq!(unique.len(), walk.len());
-            assert_eq!(rep.host, rep.doc.scene(), "replica {i}: host model (from events) != document");
+            assert_eq!(
+                rep.host,
+                rep.doc.scene(),
+                "replica {i}: host model (from events) != document"
+            );
             let bytes = rep.doc.save().unwrap();
             let mut again = SceneDoc::load(&bytes, rep.doc.user().clone()).unwrap();
-            assert_eq!(again.snapshot(), snap, "replica {i}: save -> load changed the scene");
+            assert_eq!(
+                again.snapshot(),
+                snap,
+                "replica {i}: save -> load changed the scene"
+            );
         }
         let heads = self.replicas[0].doc.heads();
         for rep in &self.replicas {
@@ -324,7 +437,10 @@ impl World {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256)
 }
 
 proptest! {

@@ -172,7 +172,7 @@ fn concurrent_edits_of_two_vector_components_both_survive() {
 fn concurrent_text_edits_merge_per_character() {
     let id = NodeId::new_v4();
     let base = cube(id).with_parm("code", Value::Text("x = 1\ny = 2\n".into()));
-    let (mut a, mut b) = pair(&[base.clone()]);
+    let (mut a, mut b) = pair(std::slice::from_ref(&base));
     a.diff_nodes(
         &[base
             .clone()
@@ -210,7 +210,7 @@ fn keyframes_added_concurrently_merge() {
         )
     };
     let base = cube(id).with_parm("tx", curve(&[(1.0, 0.0)]));
-    let (mut a, mut b) = pair(&[base.clone()]);
+    let (mut a, mut b) = pair(std::slice::from_ref(&base));
     a.diff_nodes(
         &[base
             .clone()
@@ -535,4 +535,21 @@ fn a_stock_client_writing_strings_as_text_is_read() {
     );
     assert_eq!(node.parms["size"], Value::Float(2.0));
     let _ = Scene::default();
+}
+
+#[test]
+fn negative_zero_over_zero_is_not_a_change() {
+    // Regression: Automerge drops a put of -0.0 over 0.0, so the diff must not record one.
+    let id = NodeId::new_v4();
+    let (mut a, mut b) = pair(&[cube(id).with_parm("x", Value::Float(0.0))]);
+    assert!(
+        a.diff_nodes(&[cube(id).with_parm("x", Value::Float(-0.0))], &[], 2)
+            .unwrap()
+            .is_empty()
+    );
+    a.diff_nodes(&[cube(id).with_parm("x", Value::Float(-1.0))], &[], 3)
+        .unwrap();
+    let (_, events) = sync(&mut a, &mut b);
+    assert_eq!(events.len(), 1);
+    assert_eq!(a.snapshot(), b.snapshot());
 }

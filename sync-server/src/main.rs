@@ -55,6 +55,10 @@ struct ServeArgs {
     /// Simultaneous connections [default: 10000].
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Compact a document once its change log outgrows both its snapshot and this many
+    /// bytes [default: 1048576].
+    #[arg(long, env = "TANDEM_MIN_COMPACT_BYTES")]
+    min_compact_bytes: Option<usize>,
     /// Log as JSON lines.
     #[arg(long, env = "TANDEM_LOG_JSON")]
     log_json: bool,

@@ -31,6 +31,10 @@ use crate::session::{ChatLine, ConnectionState, SessionShared, lock};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Sync messages with more changes than this are applied in chunks before the sync protocol
+/// sees them.
+const PRE_APPLY_THRESHOLD: usize = 16;
+
 /// What the host's handles ask of the network task.
 #[derive(Debug)]
 pub(crate) enum Cmd {
@@ -619,6 +623,22 @@ impl Conn {
                 tracing::warn!(error = %e, "commit before apply failed");
             }
             let before = i.scene.heads();
+            if msg.changes.len() > PRE_APPLY_THRESHOLD {
+                // Automerge applies many changes in one call far more slowly than in small
+                // batches (FACTS.md): apply them through the scene in chunks first; the sync
+                // protocol then sees changes it already has.
+                let parsed: Option<Vec<automerge::Change>> = msg
+                    .changes
+                    .iter()
+                    .map(|c| automerge::Change::from_bytes(c.to_vec()).ok())
+                    .collect();
+                if let Some(changes) = parsed {
+                    match i.scene.apply_changes(changes) {
+                        Ok(events) => i.events.extend(events),
+                        Err(e) => tracing::warn!(error = %e, "chunked apply failed"),
+                    }
+                }
+            }
             match i.scene.receive_sync_message(&mut i.sync, msg) {
                 Ok(events) => i.events.extend(events),
                 Err(e) => {

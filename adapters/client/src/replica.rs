@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use automerge::sync;
-use automerge::{Automerge, Change, ChangeHash, ReadDoc};
+use automerge::{Automerge, Change, ChangeHash};
 
 use crate::error::{Error, Result};
 
@@ -219,7 +219,7 @@ impl Replica {
                     // Only trust what this replica actually holds.
                     if s.shared_heads
                         .iter()
-                        .all(|h| doc.get_change_by_hash(h).is_some())
+                        .all(|h| doc.get_change_meta_by_hash(h).is_some())
                     {
                         (s, a)
                     } else {
@@ -307,6 +307,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automerge::ReadDoc;
     use automerge::transaction::Transactable;
 
     fn change(doc: &mut Automerge, k: &str) -> Vec<u8> {

@@ -155,14 +155,16 @@ impl DocInner {
             self.saved = true;
             return;
         }
+        // Metadata only: rebuilding whole changes (`get_change_by_hash`, `get_changes`) costs
+        // as much as encoding them, and this runs after every commit and ack.
         let doc = self.scene.doc();
         let known: Vec<ChangeHash> = self
             .acked
             .iter()
-            .filter(|h| doc.get_change_by_hash(h).is_some())
+            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
             .copied()
             .collect();
-        self.saved = !known.is_empty() && self.scene.changes_since(&known).is_empty();
+        self.saved = !known.is_empty() && doc.get_changes_meta(&known).is_empty();
     }
 
     pub(crate) fn saved_on_server(&self) -> bool {
@@ -196,10 +198,10 @@ impl DocInner {
     }
 
     pub(crate) fn maybe_compact(&mut self, min_bytes: u64) {
-        if self.replica.wants_compaction(min_bytes) {
-            if let Err(e) = self.persist(true) {
-                tracing::warn!(error = %e, "compacting the replica failed");
-            }
+        if self.replica.wants_compaction(min_bytes)
+            && let Err(e) = self.persist(true)
+        {
+            tracing::warn!(error = %e, "compacting the replica failed");
         }
     }
 }
@@ -393,7 +395,7 @@ impl Scene {
             .collect::<Result<_>>()?;
         Ok(self.wait_until(timeout, |i, _| {
             want.iter()
-                .all(|h| i.scene.doc().get_change_by_hash(h).is_some())
+                .all(|h| i.scene.doc().get_change_meta_by_hash(h).is_some())
         }))
     }
 

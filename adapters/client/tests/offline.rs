@@ -110,15 +110,18 @@ fn a_replica_from_an_older_session_resumes_without_redownloading() {
     let sa = a.open_scene(None).unwrap();
     // A scene built over many changes, as an editing session builds it.
     let mut nodes = Vec::new();
-    for batch in 0..100 {
-        let new: Vec<_> = (0..20)
+    let t0 = std::time::Instant::now();
+    for batch in 0..40 {
+        let new: Vec<_> = (0..25)
             .map(|i| with(node(&format!("n{batch}-{i}")), "tx", i as f64))
             .collect();
         sa.diff_nodes(&new, &[]).unwrap();
         sa.commit(None).unwrap();
         nodes.extend(new);
     }
+    eprintln!("built in {:?}", t0.elapsed());
     assert!(sa.wait_saved(T));
+    eprintln!("saved after {:?}", t0.elapsed());
 
     let bdir = tmp.path().join("b");
     let b = connect(&server.url(), "r3", "bob", &bdir);

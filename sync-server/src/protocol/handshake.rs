@@ -35,14 +35,16 @@ pub fn accept_join(
     frame: &[u8],
     server: &ServerIdentity,
     room: &str,
-) -> Result<(Message, PeerInfo), Refusal> {
-    let refuse = |error: ErrorCode, code: u16, reason: String| Refusal {
-        message: Some(Message::Error {
-            message: format!("{}: {reason}", error.as_str()),
-        }),
-        code,
-        reason,
-        error,
+) -> Result<(Message, PeerInfo), Box<Refusal>> {
+    let refuse = |error: ErrorCode, code: u16, reason: String| {
+        Box::new(Refusal {
+            message: Some(Message::Error {
+                message: format!("{}: {reason}", error.as_str()),
+            }),
+            code,
+            reason,
+            error,
+        })
     };
     let join = match wire::decode(frame) {
         Ok(Message::Join(j)) => j,
@@ -83,17 +85,18 @@ pub fn accept_join(
         ));
     }
     let hello = join.peer_metadata.as_ref().and_then(|m| m.tandem.clone());
-    if let Some(h) = &hello {
-        if h.version != TANDEM_PROTOCOL_VERSION {
-            return Err(refuse(
-                ErrorCode::VersionMismatch,
-                close_code::PROTOCOL,
-                format!(
-                    "tandem extension version {} (server speaks {TANDEM_PROTOCOL_VERSION})",
-                    h.version
-                ),
-            ));
-        }
+    if let Some(h) = hello
+        .as_ref()
+        .filter(|h| h.version != TANDEM_PROTOCOL_VERSION)
+    {
+        return Err(refuse(
+            ErrorCode::VersionMismatch,
+            close_code::PROTOCOL,
+            format!(
+                "tandem extension version {} (server speaks {TANDEM_PROTOCOL_VERSION})",
+                h.version
+            ),
+        ));
     }
     let info = PeerInfo {
         peer_id: join.sender_id.clone(),

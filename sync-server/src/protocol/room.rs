@@ -311,6 +311,7 @@ impl Room {
 
     /// Handle one decoded message.
     pub fn receive(&mut self, conn: ConnId, message: Message, source: &mut dyn DocSource) {
+        tracing::trace!(%conn, kind = message.kind(), doc = ?message.document_id().map(|d| d.to_string()), "frame");
         match message {
             Message::Request(m) => self.receive_sync(conn, m, true, source),
             Message::Sync(m) => self.receive_sync(conn, m, false, source),

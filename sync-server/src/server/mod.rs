@@ -144,10 +144,8 @@ impl Server {
                     conns.spawn(async move { http::handle_tcp(shared, stream, peer).await });
                 }
                 Some(done) = conns.join_next(), if !conns.is_empty() => {
-                    if let Err(e) = done {
-                        if e.is_panic() {
-                            tracing::error!("a connection task panicked; other connections are unaffected");
-                        }
+                    if done.as_ref().is_err_and(|e| e.is_panic()) {
+                        tracing::error!("a connection task panicked; other connections are unaffected");
                     }
                 }
             }
