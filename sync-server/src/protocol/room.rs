@@ -19,6 +19,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash};
+use tandem_core::Role;
 use tandem_core::wire::DocumentId;
 use tandem_core::wire::{
     self, Ack, ChatMessage, ErrorCode, Message, PeerId, SyncMessage, TandemError,
@@ -43,8 +44,11 @@ pub struct PeerInfo {
     /// automerge-repo peer id.
     #[serde(serialize_with = "serialize_peer_id")]
     pub peer_id: PeerId,
-    /// Claimed user name (from the Tandem extension metadata).
+    /// User name: the token's user when users are configured, else the claimed one (from
+    /// the Tandem extension metadata).
     pub user: Option<String>,
+    /// The peer's role in this room (editor for everyone in open mode).
+    pub role: Role,
     /// Whether the peer speaks Tandem's extension messages.
     pub tandem: bool,
     /// automerge-repo storage id, if any.
