@@ -134,7 +134,8 @@ async fn missing_expired_other_room_tampered_and_revoked_tokens_never_join() {
 #[tokio::test]
 async fn a_viewers_change_is_refused_and_reaches_no_one() {
     let room = Room::start().await;
-    let mut alice = room.join("alice", Role::Editor).await;
+    // Alice leads: she sets the scene up (creating its structure is an admin's job).
+    let mut alice = room.join("alice", Role::Admin).await;
     let mut vic = room.join("vic", Role::Viewer).await;
     let id = NodeId::new_v4();
     let mut scene = SceneDoc::new(user("alice")).unwrap();
@@ -178,7 +179,8 @@ async fn a_viewers_change_is_refused_and_reaches_no_one() {
 #[tokio::test]
 async fn a_locked_node_edited_by_another_editor_is_refused_and_the_room_keeps_working() {
     let room = Room::start().await;
-    let mut alice = room.join("alice", Role::Editor).await;
+    // Alice leads: she sets the scene up (creating its structure is an admin's job).
+    let mut alice = room.join("alice", Role::Admin).await;
     let mut bob = room.join("bob", Role::Editor).await;
     let mut carol = room.join("carol", Role::Editor).await;
     let (hero, prop, cam) = (NodeId::new_v4(), NodeId::new_v4(), NodeId::new_v4());
@@ -187,9 +189,9 @@ async fn a_locked_node_edited_by_another_editor_is_refused_and_the_room_keeps_wo
         .diff_full(&[cube(hero), cube(prop), cube(cam)], 1)
         .unwrap();
     scene.commit(None).unwrap();
-    scene.lock(hero, false, Role::Editor, 2).unwrap();
+    scene.lock(hero, false, Role::Admin, 2).unwrap();
     scene
-        .grant(cam, "x", &[user("carol")], Role::Editor, 3)
+        .grant(cam, "x", &[user("carol")], Role::Admin, 3)
         .unwrap();
     let doc = DocumentId::random();
     load_into(&mut alice, &doc, &scene);
@@ -266,7 +268,8 @@ async fn a_locked_node_edited_by_another_editor_is_refused_and_the_room_keeps_wo
 #[tokio::test]
 async fn a_change_with_a_forged_author_is_refused() {
     let room = Room::start().await;
-    let mut alice = room.join("alice", Role::Editor).await;
+    // Alice leads: she sets the scene up (creating its structure is an admin's job).
+    let mut alice = room.join("alice", Role::Admin).await;
     let mut bob = room.join("bob", Role::Editor).await;
     let id = NodeId::new_v4();
     let mut scene = SceneDoc::new(user("alice")).unwrap();
