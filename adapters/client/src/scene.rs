@@ -196,10 +196,10 @@ impl DocInner {
     }
 
     pub(crate) fn maybe_compact(&mut self, min_bytes: u64) {
-        if self.replica.wants_compaction(min_bytes) {
-            if let Err(e) = self.persist(true) {
-                tracing::warn!(error = %e, "compacting the replica failed");
-            }
+        if self.replica.wants_compaction(min_bytes)
+            && let Err(e) = self.persist(true)
+        {
+            tracing::warn!(error = %e, "compacting the replica failed");
         }
     }
 }

@@ -49,10 +49,11 @@ impl ServerUrl {
         if authority.is_empty() || authority.contains('@') || authority.contains(' ') {
             return Err(bad("missing or invalid host"));
         }
-        if let Some((_, port)) = authority.rsplit_once(':') {
-            if !authority.ends_with(']') && port.parse::<u16>().is_err() {
-                return Err(bad("invalid port"));
-            }
+        if let Some((_, port)) = authority.rsplit_once(':')
+            && !authority.ends_with(']')
+            && port.parse::<u16>().is_err()
+        {
+            return Err(bad("invalid port"));
         }
         if !valid_room_name(room) {
             return Err(Error::InvalidArgument(format!(

@@ -179,12 +179,12 @@ fn anonymous() -> UserId {
 fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     for chunk in chunks.iter() {
-        match Change::try_from(&chunk[..]) {
+        match Change::try_from(chunk) {
             Ok(c) => out.push(c),
             Err(_) => {
                 let whole =
                     Automerge::load(chunk).map_err(|e| format!("undecodable change chunk: {e}"))?;
-                out.extend(whole.get_changes(&[]).into_iter());
+                out.extend(whole.get_changes(&[]));
             }
         }
     }
