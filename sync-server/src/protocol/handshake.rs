@@ -12,7 +12,7 @@ use crate::store::{AuthFailure, Grant};
 
 /// How the handshake checks credentials; the tokio layer backs it with the store.
 pub trait Authenticator {
-    /// `Ok(None)`: no users are configured (open development mode, everyone an editor under
+    /// `Ok(None)`: no users are configured (open development mode, everyone an admin under
     /// the name they claim). Otherwise the token's user and role in `room`, or why not.
     fn authenticate(&self, token: Option<&str>, room: &str) -> Result<Option<Grant>, AuthFailure>;
 }
@@ -126,7 +126,10 @@ pub fn accept_join(
         .or(transport_token);
     let (user, role) = match auth.authenticate(token, room) {
         Ok(Some(grant)) => (Some(grant.user), grant.role),
-        Ok(None) => (hello.as_ref().and_then(|h| h.user.clone()), Role::Editor),
+        // Open mode keeps the pre-auth behaviour: anyone may do anything (the core rules
+        // make creating a scene's root structure an admin's job, so "editor" would lock
+        // every new scene out).
+        Ok(None) => (hello.as_ref().and_then(|h| h.user.clone()), Role::Admin),
         Err(why) => {
             let reason = why.to_string();
             let message = if hello.is_some() {

@@ -95,7 +95,7 @@ impl Server {
             tracing::info!("authentication on: every connection needs a token");
         } else if config.listen.ip().is_loopback() {
             tracing::warn!(
-                "no users configured: open development mode, everyone is an editor under the name they claim (loopback only)"
+                "no users configured: open development mode, everyone is an admin under the name they claim (loopback only)"
             );
         } else if config.insecure {
             tracing::warn!(
