@@ -39,6 +39,8 @@ pub struct Config {
     pub min_compact_bytes: usize,
     /// Chat lines replayed to a joining extension peer.
     pub chat_history: usize,
+    /// Allow listening beyond loopback with no users configured (open, unauthenticated).
+    pub insecure: bool,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             max_request_head_bytes: 16 << 10,
             min_compact_bytes: 1 << 20,
             chat_history: 100,
+            insecure: false,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! `tandem`: the Tandem sync server's command line.
 
+mod auth_cli;
+
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -22,6 +24,12 @@ struct Cli {
 enum Command {
     /// Run the sync server (WebSocket at /sync, /healthz, /metrics, /api/v1).
     Serve(ServeArgs),
+    /// Manage users (`tandem user add NAME`, `tandem user list`).
+    #[command(subcommand)]
+    User(auth_cli::UserCmd),
+    /// Manage access tokens (`tandem token create --user U --room R --role editor`).
+    #[command(subcommand)]
+    Token(auth_cli::TokenCmd),
 }
 
 /// Settings: flag > environment variable > config file > default.
@@ -62,6 +70,10 @@ struct ServeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "TANDEM_LOG_JSON")]
     log_json: bool,
+    /// Allow listening beyond loopback with no users configured: anyone who can reach the
+    /// address can edit every room. Logged loudly. For a trusted LAN only.
+    #[arg(long, env = "TANDEM_INSECURE")]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -98,6 +110,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.max_connections {
             c.max_connections = v
+        }
+        if self.insecure {
+            c.insecure = true
         }
         Ok(c)
     }
@@ -159,6 +174,8 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
+        Command::User(cmd) => auth_cli::user(cmd)?,
+        Command::Token(cmd) => auth_cli::token(cmd)?,
     }
     Ok(())
 }

@@ -193,6 +193,7 @@ async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId), Error> {
                 user: Some(shared.user.as_str().to_owned()),
                 token: o.token.clone(),
                 room: None,
+                role: None,
             }),
         }),
     })
@@ -237,6 +238,11 @@ async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId), Error> {
                 )),
             }
         }
+        // A server with users configured refuses a missing or bad token before the join.
+        Ok(Message::TandemError(e)) => Err(Error::ServerRefused {
+            code: e.code.as_str().to_owned(),
+            message: e.message,
+        }),
         Ok(Message::Error { message }) => {
             if message.starts_with(ErrorCode::VersionMismatch.as_str()) {
                 Err(Error::VersionMismatch(message))

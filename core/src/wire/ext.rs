@@ -2,7 +2,7 @@
 //!
 //! A peer opts in by adding a `tandem` map to its join `peerMetadata`:
 //! `{version: 1, user?: str, token?: str}` ([`TandemHello`]). The server answers with the
-//! same key in its `peer` message and from then on may send the peer these types:
+//! same key in its `peer` message (adding `room`, the authenticated `user` and its `role`) and from then on may send the peer these types:
 //!
 //! | type | fields | meaning |
 //! |---|---|---|
@@ -33,6 +33,9 @@ pub struct TandemHello {
     pub token: Option<String>,
     /// The room (set by the server in its answer).
     pub room: Option<String>,
+    /// The peer's role in the room: `admin`, `editor` or `viewer` (set by the server in its
+    /// answer; clients apply it to their scenes).
+    pub role: Option<String>,
 }
 
 impl TandemHello {
@@ -50,6 +53,7 @@ impl TandemHello {
                 (Some("user"), Value::Text(s)) => h.user = Some(s.clone()),
                 (Some("token"), Value::Text(s)) => h.token = Some(s.clone()),
                 (Some("room"), Value::Text(s)) => h.room = Some(s.clone()),
+                (Some("role"), Value::Text(s)) => h.role = Some(s.clone()),
                 _ => {}
             }
         }
@@ -65,6 +69,7 @@ impl TandemHello {
             ("user", &self.user),
             ("token", &self.token),
             ("room", &self.room),
+            ("role", &self.role),
         ] {
             if let Some(v) = v {
                 e.push((Value::Text(k.into()), Value::Text(v.clone())));

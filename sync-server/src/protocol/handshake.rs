@@ -1,12 +1,30 @@
 //! The automerge-repo handshake: `join` in, `peer` (or `error`) out.
 
+use tandem_core::Role;
 use tandem_core::wire::{
     self, ErrorCode, Message, PROTOCOL_VERSION, Peer, PeerId, PeerMetadata,
-    TANDEM_PROTOCOL_VERSION, TandemHello,
+    TANDEM_PROTOCOL_VERSION, TandemError, TandemHello,
 };
 
 use super::PeerInfo;
 use super::close_code;
+use crate::store::{AuthFailure, Grant};
+
+/// How the handshake checks credentials; the tokio layer backs it with the store.
+pub trait Authenticator {
+    /// `Ok(None)`: no users are configured (open development mode, everyone an admin under
+    /// the name they claim). Otherwise the token's user and role in `room`, or why not.
+    fn authenticate(&self, token: Option<&str>, room: &str) -> Result<Option<Grant>, AuthFailure>;
+}
+
+/// Open mode: no users, no tokens (tests and single-user setups).
+pub struct OpenAccess;
+
+impl Authenticator for OpenAccess {
+    fn authenticate(&self, _: Option<&str>, _: &str) -> Result<Option<Grant>, AuthFailure> {
+        Ok(None)
+    }
+}
 
 /// A refused handshake: the frame to send (if any) and the close code.
 #[derive(Debug, PartialEq)]
@@ -30,11 +48,15 @@ pub struct ServerIdentity {
     pub storage_id: String,
 }
 
-/// Handle the first frame of a connection.
+/// Handle the first frame of a connection. `transport_token` is a token the connection
+/// presented outside the join (URL query `?token=` or `Authorization: Bearer`); a token in
+/// the join's `peerMetadata.tandem.token` takes precedence.
 pub fn accept_join(
     frame: &[u8],
     server: &ServerIdentity,
     room: &str,
+    transport_token: Option<&str>,
+    auth: &dyn Authenticator,
 ) -> Result<(Message, PeerInfo), Box<Refusal>> {
     let refuse = |error: ErrorCode, code: u16, reason: String| {
         Box::new(Refusal {
@@ -98,9 +120,42 @@ pub fn accept_join(
             ),
         ));
     }
+    let token = hello
+        .as_ref()
+        .and_then(|h| h.token.as_deref())
+        .or(transport_token);
+    let (user, role) = match auth.authenticate(token, room) {
+        Ok(Some(grant)) => (Some(grant.user), grant.role),
+        // Open mode keeps the pre-auth behaviour: anyone may do anything (the core rules
+        // make creating a scene's root structure an admin's job, so "editor" would lock
+        // every new scene out).
+        Ok(None) => (hello.as_ref().and_then(|h| h.user.clone()), Role::Admin),
+        Err(why) => {
+            let reason = why.to_string();
+            let message = if hello.is_some() {
+                Message::TandemError(TandemError {
+                    code: ErrorCode::Unauthorized,
+                    message: reason.clone(),
+                    document_id: None,
+                    request_id: None,
+                })
+            } else {
+                Message::Error {
+                    message: format!("{}: {reason}", ErrorCode::Unauthorized.as_str()),
+                }
+            };
+            return Err(Box::new(Refusal {
+                message: Some(message),
+                code: close_code::POLICY,
+                reason,
+                error: ErrorCode::Unauthorized,
+            }));
+        }
+    };
     let info = PeerInfo {
         peer_id: join.sender_id.clone(),
-        user: hello.as_ref().and_then(|h| h.user.clone()),
+        user: user.clone(),
+        role,
         tandem: hello.is_some(),
         storage_id: join
             .peer_metadata
@@ -118,6 +173,8 @@ pub fn accept_join(
             tandem: hello.map(|_| TandemHello {
                 version: TANDEM_PROTOCOL_VERSION,
                 room: Some(room.to_owned()),
+                user,
+                role: Some(role.to_string()),
                 ..Default::default()
             }),
         }),
@@ -127,6 +184,7 @@ pub fn accept_join(
 
 #[cfg(test)]
 mod tests {
+    use tandem_core::Role;
     use tandem_core::wire::{Join, Message};
 
     use super::*;
@@ -155,7 +213,8 @@ mod tests {
 
     #[test]
     fn stock_join_gets_a_plain_peer_answer() {
-        let (answer, info) = accept_join(&join(&["1"], None), &server(), "r").unwrap();
+        let (answer, info) =
+            accept_join(&join(&["1"], None), &server(), "r", None, &OpenAccess).unwrap();
         let Message::Peer(p) = answer else { panic!() };
         assert_eq!(p.target_id.as_str(), "c");
         assert!(p.peer_metadata.unwrap().tandem.is_none());
@@ -164,7 +223,8 @@ mod tests {
 
     #[test]
     fn tandem_join_is_answered_with_the_room() {
-        let (answer, info) = accept_join(&join(&["1"], Some(1)), &server(), "r").unwrap();
+        let (answer, info) =
+            accept_join(&join(&["1"], Some(1)), &server(), "r", None, &OpenAccess).unwrap();
         let Message::Peer(p) = answer else { panic!() };
         assert_eq!(
             p.peer_metadata.unwrap().tandem.unwrap().room.as_deref(),
@@ -175,19 +235,76 @@ mod tests {
 
     #[test]
     fn version_mismatches_and_garbage_are_refused() {
-        let r = accept_join(&join(&["2"], None), &server(), "r").unwrap_err();
+        let r = accept_join(&join(&["2"], None), &server(), "r", None, &OpenAccess).unwrap_err();
         assert_eq!(r.error, ErrorCode::VersionMismatch);
-        let r = accept_join(&join(&["1"], Some(9)), &server(), "r").unwrap_err();
+        let r = accept_join(&join(&["1"], Some(9)), &server(), "r", None, &OpenAccess).unwrap_err();
         assert_eq!(r.error, ErrorCode::VersionMismatch);
-        let r = accept_join(b"\x00garbage", &server(), "r").unwrap_err();
+        let r = accept_join(b"\x00garbage", &server(), "r", None, &OpenAccess).unwrap_err();
         assert_eq!(r.code, close_code::INVALID_PAYLOAD);
         let leave = Message::Leave {
             sender_id: PeerId("c".into()),
         }
         .encode();
         assert_eq!(
-            accept_join(&leave, &server(), "r").unwrap_err().code,
+            accept_join(&leave, &server(), "r", None, &OpenAccess)
+                .unwrap_err()
+                .code,
             close_code::PROTOCOL
         );
+    }
+
+    struct OneToken;
+
+    impl Authenticator for OneToken {
+        fn authenticate(&self, token: Option<&str>, _: &str) -> Result<Option<Grant>, AuthFailure> {
+            match token {
+                Some("good") => Ok(Some(Grant {
+                    user: "alice".into(),
+                    role: Role::Viewer,
+                })),
+                Some(_) => Err(AuthFailure::Invalid),
+                None => Err(AuthFailure::Missing),
+            }
+        }
+    }
+
+    #[test]
+    fn the_authenticated_user_replaces_the_claimed_one_and_learns_its_role() {
+        let frame = Message::Join(Join {
+            sender_id: PeerId("c".into()),
+            supported_protocol_versions: vec!["1".into()],
+            peer_metadata: Some(PeerMetadata {
+                tandem: Some(TandemHello {
+                    version: 1,
+                    user: Some("mallory".into()),
+                    token: Some("good".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .encode();
+        let (answer, info) = accept_join(&frame, &server(), "r", None, &OneToken).unwrap();
+        assert_eq!(info.user.as_deref(), Some("alice"));
+        assert_eq!(info.role, Role::Viewer);
+        let Message::Peer(p) = answer else { panic!() };
+        let hello = p.peer_metadata.unwrap().tandem.unwrap();
+        assert_eq!(hello.role.as_deref(), Some("viewer"));
+        assert_eq!(hello.user.as_deref(), Some("alice"));
+    }
+
+    #[test]
+    fn missing_or_bad_tokens_never_join() {
+        let r = accept_join(&join(&["1"], Some(1)), &server(), "r", None, &OneToken).unwrap_err();
+        assert_eq!(r.error, ErrorCode::Unauthorized);
+        assert_eq!(r.code, close_code::POLICY);
+        assert!(matches!(r.message, Some(Message::TandemError(_))));
+        let r =
+            accept_join(&join(&["1"], None), &server(), "r", Some("bad"), &OneToken).unwrap_err();
+        assert!(matches!(r.message, Some(Message::Error { .. })));
+        // A stock peer can pass the token outside the join (URL query or header).
+        let (_, info) =
+            accept_join(&join(&["1"], None), &server(), "r", Some("good"), &OneToken).unwrap();
+        assert_eq!(info.user.as_deref(), Some("alice"));
     }
 }

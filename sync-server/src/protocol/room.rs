@@ -18,11 +18,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
-use automerge::{Automerge, ChangeHash};
+use automerge::{Automerge, Change, ChangeHash, ReadDoc};
 use tandem_core::wire::DocumentId;
 use tandem_core::wire::{
     self, Ack, ChatMessage, ErrorCode, Message, PeerId, SyncMessage, TandemError,
 };
+use tandem_core::{Role, RuleChecker, UserId};
 
 use super::close_code;
 use crate::store::LoadedDoc;
@@ -43,8 +44,11 @@ pub struct PeerInfo {
     /// automerge-repo peer id.
     #[serde(serialize_with = "serialize_peer_id")]
     pub peer_id: PeerId,
-    /// Claimed user name (from the Tandem extension metadata).
+    /// User name: the token's user when users are configured, else the claimed one (from
+    /// the Tandem extension metadata).
     pub user: Option<String>,
+    /// The peer's role in this room (editor for everyone in open mode).
+    pub role: Role,
     /// Whether the peer speaks Tandem's extension messages.
     pub tandem: bool,
     /// automerge-repo storage id, if any.
@@ -136,6 +140,8 @@ struct ConnState {
 
 struct DocState {
     doc: Automerge,
+    /// Checks incoming changes against the document's locks, grants and roles.
+    rules: RuleChecker,
     syncs: HashMap<ConnId, sync::State>,
     snapshot_bytes: usize,
     incremental_bytes: usize,
@@ -162,6 +168,28 @@ pub struct Room {
     store_failed: bool,
     pending_acks: VecDeque<PendingAck>,
     out: Vec<Output>,
+}
+
+fn anonymous() -> UserId {
+    UserId::new("anonymous".to_owned()).unwrap_or_else(|_| unreachable!("a valid user id"))
+}
+
+/// The changes a sync message carries that `doc` does not have yet, in order. A chunk is a
+/// change, or (automerge's "whole document" shortcut) a saved document.
+fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Change>, String> {
+    let mut out = Vec::new();
+    for chunk in chunks.iter() {
+        match Change::try_from(chunk) {
+            Ok(c) => out.push(c),
+            Err(_) => {
+                let whole =
+                    Automerge::load(chunk).map_err(|e| format!("undecodable change chunk: {e}"))?;
+                out.extend(whole.get_changes(&[]));
+            }
+        }
+    }
+    out.retain(|c| doc.get_change_by_hash(&c.hash()).is_none());
+    Ok(out)
 }
 
 fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
@@ -390,6 +418,7 @@ impl Room {
                     doc.clone(),
                     DocState {
                         doc: l.doc,
+                        rules: RuleChecker::new(),
                         syncs: HashMap::new(),
                         snapshot_bytes: l.snapshot_bytes,
                         incremental_bytes: l.incremental_bytes,
@@ -454,6 +483,7 @@ impl Room {
                 doc_id.clone(),
                 DocState {
                     doc: Automerge::new(),
+                    rules: RuleChecker::new(),
                     syncs: HashMap::new(),
                     snapshot_bytes: 0,
                     incremental_bytes: 0,
@@ -475,6 +505,35 @@ impl Room {
         };
         for c in &newcomers {
             ds.syncs.entry(*c).or_default();
+        }
+        // Every change is checked against the rules before anything is applied: a refused
+        // message changes nothing, so no one else ever receives it and the store never
+        // holds it.
+        if !msg.changes.is_empty() {
+            let (user, role) = match self.conns.get(&conn) {
+                Some(c) => (c.info.user.clone(), c.info.role),
+                None => return,
+            };
+            let verdict = match incoming_changes(&ds.doc, &msg.changes) {
+                Ok(changes) => {
+                    let user = user
+                        .and_then(|u| UserId::new(u).ok())
+                        .unwrap_or_else(anonymous);
+                    ds.rules
+                        .check(&ds.doc, &changes, &user, role)
+                        .map_err(|f| (ErrorCode::Forbidden, f.to_string()))
+                }
+                Err(e) => Err((ErrorCode::BadMessage, e)),
+            };
+            if let Err((code, message)) = verdict {
+                // Forget what this peer's sync state assumed so neither side waits on the
+                // refused changes; the peer restarts sync with its next message. Nothing is
+                // sent unprompted, so a client that keeps resending spins only itself.
+                ds.syncs.insert(conn, sync::State::new());
+                ds.rules = RuleChecker::new();
+                self.dirty.remove(&(doc_id.clone(), conn));
+                return self.fail(conn, code, message, Some(doc_id), request_id);
+            }
         }
         let before = ds.doc.get_heads();
         let state = ds.syncs.entry(conn).or_default();

@@ -48,6 +48,7 @@ pub(crate) async fn serve(
     stream: TcpStream,
     leftover: Vec<u8>,
     room: String,
+    token: Option<String>,
     addr: SocketAddr,
 ) {
     let conn = next_conn_id(&shared);
@@ -56,7 +57,7 @@ pub(crate) async fn serve(
     let metrics = shared.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
     metrics.connections_open.fetch_add(1, Relaxed);
-    serve_inner(shared, stream, leftover, room, conn)
+    serve_inner(shared, stream, leftover, room, token, conn)
         .instrument(span)
         .await;
     metrics.connections_open.fetch_sub(1, Relaxed);
@@ -67,6 +68,7 @@ async fn serve_inner(
     stream: TcpStream,
     leftover: Vec<u8>,
     room_name: String,
+    token: Option<String>,
     conn: crate::protocol::ConnId,
 ) {
     let cfg = shared.config.clone();
@@ -106,7 +108,13 @@ async fn serve_inner(
         }
     };
     shared.metrics.frame_in(first.len());
-    let (answer, info) = match accept_join(&first, &shared.identity, &room_name) {
+    let (answer, info) = match accept_join(
+        &first,
+        &shared.identity,
+        &room_name,
+        token.as_deref(),
+        &shared.auth,
+    ) {
         Ok(ok) => ok,
         Err(refusal) => {
             shared.metrics.connections_rejected.fetch_add(1, Relaxed);
@@ -124,6 +132,7 @@ async fn serve_inner(
     if let Some(u) = &info.user {
         tracing::Span::current().record("user", u.as_str());
     }
+    tracing::debug!(role = %info.role, "joined");
     let answer = answer.encode();
     shared.metrics.frame_out(answer.len());
     if timeout(

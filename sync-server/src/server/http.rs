@@ -212,7 +212,13 @@ pub(crate) async fn handle_tcp(shared: Arc<Shared>, mut stream: TcpStream, peer:
             if stream.write_all(response.as_bytes()).await.is_err() {
                 return;
             }
-            conn::serve(shared, stream, leftover, room, peer).await;
+            // Stock automerge-repo clients can only pass a token in the URL (or a header).
+            let token = req.query("token").map(str::to_owned).or_else(|| {
+                req.header("authorization")
+                    .and_then(|h| h.strip_prefix("Bearer "))
+                    .map(|t| t.trim().to_owned())
+            });
+            conn::serve(shared, stream, leftover, room, token, peer).await;
         }
         "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n").await,
         "/metrics" => {

@@ -19,8 +19,9 @@ use tokio::task::JoinSet;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::protocol::handshake::Authenticator;
 use crate::protocol::handshake::ServerIdentity;
-use crate::store::{Store, StoreError};
+use crate::store::{Auth, AuthFailure, Grant, Store, StoreError};
 
 pub(crate) use room_task::RoomHandle;
 
@@ -39,12 +40,18 @@ pub enum ServerError {
     /// Opening the store failed.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    /// No users are configured and the listen address is not loopback.
+    #[error(
+        "refusing to listen on {0} without authentication: add a user (`tandem user add`) or pass --insecure"
+    )]
+    Insecure(SocketAddr),
 }
 
 /// State shared by every task.
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) store: Store,
+    pub(crate) auth: Auth,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identity: ServerIdentity,
     pub(crate) rooms: Mutex<HashMap<String, RoomHandle>>,
@@ -79,6 +86,25 @@ impl Server {
         let store = tokio::task::spawn_blocking(move || Store::open(&dir, m))
             .await
             .map_err(|e| StoreError::Commit(format!("store open task failed: {e}")))??;
+        let dir = config.data.clone();
+        let auth = tokio::task::spawn_blocking(move || Auth::open(&dir))
+            .await
+            .map_err(|e| StoreError::Commit(format!("auth open task failed: {e}")))??;
+        let secured = auth.has_users()?;
+        if secured {
+            tracing::info!("authentication on: every connection needs a token");
+        } else if config.listen.ip().is_loopback() {
+            tracing::warn!(
+                "no users configured: open development mode, everyone is an admin under the name they claim (loopback only)"
+            );
+        } else if config.insecure {
+            tracing::warn!(
+                addr = %config.listen,
+                "INSECURE: no users configured and listening beyond loopback; anyone who can reach this address can edit every room"
+            );
+        } else {
+            return Err(ServerError::Insecure(config.listen));
+        }
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -96,6 +122,7 @@ impl Server {
             shared: Arc::new(Shared {
                 config,
                 store,
+                auth,
                 metrics,
                 identity,
                 rooms: Mutex::new(HashMap::new()),
@@ -184,6 +211,20 @@ impl Server {
             Err(e) => tracing::error!(error = %e, "store flush task failed"),
         }
         Ok(())
+    }
+}
+
+impl Authenticator for Auth {
+    fn authenticate(&self, token: Option<&str>, room: &str) -> Result<Option<Grant>, AuthFailure> {
+        // Checked per connection, so users added while the server runs take effect at once.
+        match self.has_users() {
+            Ok(false) => Ok(None),
+            Ok(true) => Auth::authenticate(self, token, room).map(Some),
+            Err(e) => {
+                tracing::error!(error = %e, "reading users failed");
+                Err(AuthFailure::Internal)
+            }
+        }
     }
 }
 

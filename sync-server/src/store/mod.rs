@@ -6,12 +6,13 @@
 //! the writer, and operators can inspect the file with the `sqlite3` shell.
 //!
 //! Layout: `docs` (one row per document of a room, with its latest compacted snapshot),
-//! `changes` (an append-only log of incremental saves since that snapshot), `chat` and
-//! `meta`. All writes go through one [`writer`] thread that batches whatever is waiting into
+//! `changes` (an append-only log of incremental saves since that snapshot), `chat`,
+//! `meta`, and the users and tokens of [`auth`]. All writes go through one [`writer`] thread that batches whatever is waiting into
 //! one transaction (group commit): a commit is one fsync whether it carries 1 or 4,000
 //! records. Completions are reported only after the commit returns, which is what lets the
 //! server acknowledge a change as durable.
 
+pub mod auth;
 mod recovery;
 mod writer;
 
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use automerge::Automerge;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
+pub use auth::{Auth, AuthFailure, Grant, TokenRow, UserRow};
 pub use writer::{Completion, Job, Writer};
 
 use crate::metrics::Metrics;
@@ -46,6 +48,18 @@ pub enum StoreError {
     /// The writer thread is gone (shut down or crashed).
     #[error("store writer stopped")]
     WriterStopped,
+    /// `tandem user add` for a name that exists.
+    #[error("user {0} already exists")]
+    UserExists(String),
+    /// A token for a user that does not exist.
+    #[error("no user named {0}")]
+    UnknownUser(String),
+    /// A user name outside the allowed characters.
+    #[error("invalid user name {0:?} (1-64 of A-Z a-z 0-9 . _ - @)")]
+    InvalidName(String),
+    /// The operating system's random source failed.
+    #[error("random source: {0}")]
+    Random(String),
 }
 
 /// A document as loaded from disk.
@@ -112,7 +126,10 @@ CREATE TABLE IF NOT EXISTS chat(
     room TEXT NOT NULL, user TEXT, text TEXT NOT NULL, ts INTEGER NOT NULL);
 ";
 
-fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
+/// The database file inside a data directory.
+pub(crate) const FILE_NAME: &str = "tandem.sqlite3";
+
+pub(crate) fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
@@ -127,11 +144,12 @@ impl Store {
             path: dir.to_owned(),
             source,
         })?;
-        let path = dir.join("tandem.sqlite3");
+        let path = dir.join(FILE_NAME);
         recovery::inspect_wal(&path);
         let conn = Connection::open(&path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(auth::AUTH_SCHEMA)?;
         recovery::check_integrity(&conn);
         let storage_id: String = match conn
             .query_row("SELECT value FROM meta WHERE key = 'storage_id'", [], |r| {

@@ -226,7 +226,62 @@ pub fn join_frame(peer: &str, tandem: bool, user: &str) -> Vec<u8> {
     .encode()
 }
 
+/// A join with a token in the Tandem extension metadata.
+pub fn join_frame_with_token(peer: &str, user: &str, token: Option<&str>) -> Vec<u8> {
+    Message::Join(Join {
+        sender_id: PeerId(peer.into()),
+        supported_protocol_versions: vec!["1".into()],
+        peer_metadata: Some(PeerMetadata {
+            storage_id: None,
+            is_ephemeral: true,
+            tandem: Some(TandemHello {
+                version: 1,
+                user: Some(user.into()),
+                token: token.map(str::to_owned),
+                ..Default::default()
+            }),
+        }),
+    })
+    .encode()
+}
+
 impl Client {
+    /// Join with a token (extension peer). `Err` carries what the server sent before closing.
+    pub async fn connect_with_token(
+        url: &str,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<(Self, wire::Peer), (Vec<Message>, Option<Closed>)> {
+        let ws = connect_ws(url).await;
+        let peer_id = PeerId(format!("{name}-{}", DocumentId::random()));
+        let mut c = Self {
+            ws,
+            peer_id: peer_id.clone(),
+            server_peer: PeerId(String::new()),
+            docs: HashMap::new(),
+            acks: vec![],
+            errors: vec![],
+            protocol_errors: vec![],
+            chats: vec![],
+            closed: None,
+            next_request: 1,
+            tandem: true,
+        };
+        c.send_raw(join_frame_with_token(peer_id.as_str(), name, token))
+            .await;
+        let mut seen = vec![];
+        loop {
+            match c.next_message().await {
+                Some(Message::Peer(p)) => {
+                    c.server_peer = p.sender_id.clone();
+                    return Ok((c, p));
+                }
+                Some(other) => seen.push(other),
+                None => return Err((seen, c.closed)),
+            }
+        }
+    }
+
     pub async fn connect(url: &str, name: &str, tandem: bool) -> Self {
         let mut ws = connect_ws(url).await;
         let peer_id = PeerId(format!("{name}-{}", DocumentId::random()));

@@ -1,0 +1,300 @@
+//! Who may change what, end to end: the real server on 127.0.0.1:0 with a real store in a
+//! temp dir, users and tokens created through the store's API (as `tandem user/token` do),
+//! and wire-level clients, one of which skips its local checks like a hostile client would.
+
+mod common;
+
+use automerge::AutoCommit;
+use automerge::sync;
+use common::{Client, TestServer};
+use tandem_core::wire::{DocumentId, ErrorCode, Message};
+use tandem_core::{Node, NodeId, Role, SceneDoc, UserId, Value};
+use tandem_server::store::Auth;
+
+fn user(n: &str) -> UserId {
+    UserId::new(n).unwrap()
+}
+
+fn cube(id: NodeId) -> Node {
+    Node::new(id, "blender.object/MESH", "Cube").with_parm("x", Value::Float(0.0))
+}
+
+fn set_x(doc: &mut SceneDoc, id: NodeId, x: f64) {
+    let n = doc.node(id).unwrap().with_parm("x", Value::Float(x));
+    doc.diff_nodes(&[n], &[], 2).unwrap();
+    doc.commit(None).unwrap();
+}
+
+/// Copy a scene replica's new changes into the wire client's replica of `doc`.
+fn load_into(client: &mut Client, doc: &DocumentId, scene: &SceneDoc) {
+    let r = client
+        .docs
+        .entry(doc.clone())
+        .or_insert_with(|| common::Replica {
+            doc: AutoCommit::new(),
+            state: sync::State::new(),
+            unavailable: false,
+        });
+    let have = r.doc.get_heads();
+    r.doc.apply_changes(scene.changes_since(&have)).unwrap();
+}
+
+fn x_of(client: &mut Client, doc: &DocumentId, id: NodeId) -> Option<Value> {
+    let bytes = client.docs.get_mut(doc)?.doc.save();
+    let mut scene = SceneDoc::load(&bytes, user("reader")).ok()?;
+    scene.node(id)?.parms.get("x").cloned()
+}
+
+struct Room {
+    server: TestServer,
+    auth: Auth,
+}
+
+impl Room {
+    async fn start() -> Self {
+        let server = TestServer::start().await;
+        let auth = Auth::open(&server.dir).unwrap();
+        for u in ["alice", "bob", "carol", "vic"] {
+            auth.add_user(u).unwrap();
+        }
+        Self { server, auth }
+    }
+
+    fn token(&self, user: &str, room: &str, role: Role) -> String {
+        self.auth.create_token(user, room, role, None).unwrap().1
+    }
+
+    async fn join(&self, user: &str, role: Role) -> Client {
+        let token = self.token(user, "shot", role);
+        let (c, peer) = Client::connect_with_token(&self.server.url("shot"), user, Some(&token))
+            .await
+            .unwrap_or_else(|e| panic!("{user} refused: {e:?}"));
+        let hello = peer.peer_metadata.unwrap().tandem.unwrap();
+        assert_eq!(hello.role.as_deref(), Some(role.to_string().as_str()));
+        assert_eq!(hello.user.as_deref(), Some(user));
+        c
+    }
+}
+
+async fn refused(url: &str, token: Option<&str>) -> (Vec<Message>, Option<u16>) {
+    match Client::connect_with_token(url, "mallory", token).await {
+        Ok(_) => panic!("joined without a valid token"),
+        Err((seen, closed)) => (seen, closed.and_then(|c| c.code)),
+    }
+}
+
+fn is_unauthorized(seen: &[Message]) -> bool {
+    seen.iter()
+        .any(|m| matches!(m, Message::TandemError(e) if e.code == ErrorCode::Unauthorized))
+}
+
+#[tokio::test]
+async fn missing_expired_other_room_tampered_and_revoked_tokens_never_join() {
+    let room = Room::start().await;
+    let url = room.server.url("shot");
+    let (seen, code) = refused(&url, None).await;
+    assert!(
+        is_unauthorized(&seen) && code == Some(1008),
+        "{seen:?} {code:?}"
+    );
+
+    let (_, expired) = room
+        .auth
+        .create_token("alice", "shot", Role::Editor, Some(0))
+        .unwrap();
+    let (seen, code) = refused(&url, Some(&expired)).await;
+    assert!(is_unauthorized(&seen) && code == Some(1008));
+
+    let other = room.token("alice", "other-room", Role::Editor);
+    let (seen, _) = refused(&url, Some(&other)).await;
+    assert!(is_unauthorized(&seen));
+
+    let good = room.token("alice", "shot", Role::Editor);
+    let mut tampered = good.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'x' { b'y' } else { b'x' };
+    let (seen, _) = refused(&url, Some(std::str::from_utf8(&tampered).unwrap())).await;
+    assert!(is_unauthorized(&seen));
+
+    let (row, revoked) = room
+        .auth
+        .create_token("alice", "*", Role::Editor, None)
+        .unwrap();
+    room.auth.revoke(&row.id.to_string()).unwrap();
+    let (seen, _) = refused(&url, Some(&revoked)).await;
+    assert!(is_unauthorized(&seen));
+
+    // The good token works, in the join or (for stock clients) in the URL.
+    Client::connect_with_token(&url, "alice", Some(&good))
+        .await
+        .unwrap();
+    let stock = Client::connect(&format!("{url}&token={good}"), "stock", false).await;
+    stock.close().await;
+}
+
+#[tokio::test]
+async fn a_viewers_change_is_refused_and_reaches_no_one() {
+    let room = Room::start().await;
+    // Alice leads: she sets the scene up (creating its structure is an admin's job).
+    let mut alice = room.join("alice", Role::Admin).await;
+    let mut vic = room.join("vic", Role::Viewer).await;
+    let id = NodeId::new_v4();
+    let mut scene = SceneDoc::new(user("alice")).unwrap();
+    scene.diff_full(&[cube(id)], 1).unwrap();
+    scene.commit(None).unwrap();
+    let doc = DocumentId::random();
+    load_into(&mut alice, &doc, &scene);
+    alice.sync(&doc).await;
+    alice.wait_durable(&doc).await;
+    vic.request(&doc).await;
+    vic.wait_until("the scene", |c| x_of(c, &doc, id).is_some())
+        .await;
+
+    let bytes = vic.docs.get_mut(&doc).unwrap().doc.save();
+    let mut vics = SceneDoc::load(&bytes, user("vic")).unwrap();
+    vics.set_role(Role::Admin); // skip local checks
+    set_x(&mut vics, id, 9.0);
+    load_into(&mut vic, &doc, &vics);
+    vic.sync(&doc).await;
+    vic.wait_until("a refusal", |c| {
+        c.last_error_code() == Some(ErrorCode::Forbidden)
+    })
+    .await;
+    assert!(
+        vic.errors
+            .last()
+            .unwrap()
+            .message
+            .contains("viewers cannot edit")
+    );
+
+    // A fresh client (and so the store) never sees it.
+    let mut carol = room.join("carol", Role::Editor).await;
+    carol.request(&doc).await;
+    carol
+        .wait_until("the scene", |c| x_of(c, &doc, id).is_some())
+        .await;
+    assert_eq!(x_of(&mut carol, &doc, id), Some(Value::Float(0.0)));
+}
+
+#[tokio::test]
+async fn a_locked_node_edited_by_another_editor_is_refused_and_the_room_keeps_working() {
+    let room = Room::start().await;
+    // Alice leads: she sets the scene up (creating its structure is an admin's job).
+    let mut alice = room.join("alice", Role::Admin).await;
+    let mut bob = room.join("bob", Role::Editor).await;
+    let mut carol = room.join("carol", Role::Editor).await;
+    let (hero, prop, cam) = (NodeId::new_v4(), NodeId::new_v4(), NodeId::new_v4());
+    let mut scene = SceneDoc::new(user("alice")).unwrap();
+    scene
+        .diff_full(&[cube(hero), cube(prop), cube(cam)], 1)
+        .unwrap();
+    scene.commit(None).unwrap();
+    scene.lock(hero, false, Role::Admin, 2).unwrap();
+    scene
+        .grant(cam, "x", &[user("carol")], Role::Admin, 3)
+        .unwrap();
+    let doc = DocumentId::random();
+    load_into(&mut alice, &doc, &scene);
+    alice.sync(&doc).await;
+    alice.wait_durable(&doc).await;
+    for c in [&mut bob, &mut carol] {
+        c.request(&doc).await;
+        c.wait_until("the scene", |c| x_of(c, &doc, hero).is_some())
+            .await;
+    }
+
+    // Bob skips his local checks and edits alice's locked hero.
+    let acked = bob.heads(&doc);
+    let bytes = bob.docs.get_mut(&doc).unwrap().doc.save();
+    let mut bobs = SceneDoc::load(&bytes, user("bob")).unwrap();
+    bobs.set_role(Role::Admin);
+    set_x(&mut bobs, hero, 7.0);
+    load_into(&mut bob, &doc, &bobs);
+    bob.sync(&doc).await;
+    bob.wait_until("a refusal", |c| {
+        c.last_error_code() == Some(ErrorCode::Forbidden)
+    })
+    .await;
+    let err = bob.errors.last().unwrap().clone();
+    assert_eq!(err.document_id.as_ref(), Some(&doc));
+    assert!(err.message.contains("locked by alice"), "{}", err.message);
+    assert!(err.message.contains(&hero.to_string()), "{}", err.message);
+
+    // He is told; he rebases onto what the server acknowledged (as the client connector
+    // does), then makes a legal edit, which syncs to everyone.
+    let r = bob.docs.get_mut(&doc).unwrap();
+    r.doc = AutoCommit::load(&r.doc.save()).unwrap();
+    r.doc = r.doc.fork_at(&acked).unwrap();
+    r.state = sync::State::new();
+    let bytes = r.doc.save();
+    let mut bobs = SceneDoc::load(&bytes, user("bob")).unwrap();
+    set_x(&mut bobs, prop, 3.0);
+    load_into(&mut bob, &doc, &bobs);
+    bob.sync(&doc).await;
+    bob.wait_durable(&doc).await;
+    carol
+        .wait_until("bob's legal edit", |c| {
+            x_of(c, &doc, prop) == Some(Value::Float(3.0))
+        })
+        .await;
+    assert_eq!(x_of(&mut carol, &doc, hero), Some(Value::Float(0.0)));
+
+    // The camera's x is carol's alone: bob is refused, carol is not.
+    let bytes = bob.docs.get_mut(&doc).unwrap().doc.save();
+    let mut bobs = SceneDoc::load(&bytes, user("bob")).unwrap();
+    bobs.set_role(Role::Admin);
+    set_x(&mut bobs, cam, 5.0);
+    let before = bob.errors.len();
+    load_into(&mut bob, &doc, &bobs);
+    bob.sync(&doc).await;
+    bob.wait_until("a second refusal", |c| c.errors.len() > before)
+        .await;
+    assert_eq!(bob.last_error_code(), Some(ErrorCode::Forbidden));
+
+    let bytes = carol.docs.get_mut(&doc).unwrap().doc.save();
+    let mut carols = SceneDoc::load(&bytes, user("carol")).unwrap();
+    set_x(&mut carols, cam, 4.0);
+    load_into(&mut carol, &doc, &carols);
+    carol.sync(&doc).await;
+    carol.wait_durable(&doc).await;
+    assert!(carol.errors.is_empty(), "{:?}", carol.errors);
+    alice
+        .wait_until("carol's granted edit", |c| {
+            x_of(c, &doc, cam) == Some(Value::Float(4.0))
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_change_with_a_forged_author_is_refused() {
+    let room = Room::start().await;
+    // Alice leads: she sets the scene up (creating its structure is an admin's job).
+    let mut alice = room.join("alice", Role::Admin).await;
+    let mut bob = room.join("bob", Role::Editor).await;
+    let id = NodeId::new_v4();
+    let mut scene = SceneDoc::new(user("alice")).unwrap();
+    scene.diff_full(&[cube(id)], 1).unwrap();
+    scene.commit(None).unwrap();
+    let doc = DocumentId::random();
+    load_into(&mut alice, &doc, &scene);
+    alice.sync(&doc).await;
+    alice.wait_durable(&doc).await;
+    bob.request(&doc).await;
+    bob.wait_until("the scene", |c| x_of(c, &doc, id).is_some())
+        .await;
+    // Bob's connection sends a change that claims alice wrote it.
+    let bytes = bob.docs.get_mut(&doc).unwrap().doc.save();
+    let mut forged = SceneDoc::load(&bytes, user("alice")).unwrap();
+    set_x(&mut forged, id, 2.0);
+    load_into(&mut bob, &doc, &forged);
+    bob.sync(&doc).await;
+    bob.wait_until("a refusal", |c| {
+        c.last_error_code() == Some(ErrorCode::Forbidden)
+    })
+    .await;
+    assert!(
+        bob.errors.last().unwrap().message.contains("claims author"),
+        "{:?}",
+        bob.errors
+    );
+}
