@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 use tandem_server::config::Config;
 use tandem_server::server::Server;
 
+mod history_cli;
+
 #[derive(Parser)]
 #[command(
     name = "tandem",
@@ -22,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the sync server (WebSocket at /sync, /healthz, /metrics, /api/v1).
     Serve(ServeArgs),
+    /// History: log, show, diff, blame, checkpoint(s), restore, export.
+    #[command(flatten)]
+    History(history_cli::HistoryCommand),
 }
 
 /// Settings: flag > environment variable > config file > default.
@@ -159,6 +164,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })?;
         }
+        Command::History(cmd) => history_cli::run(cmd)?,
     }
     Ok(())
 }
