@@ -328,6 +328,8 @@ fn history_over_http_and_the_cli() {
         assert_eq!(st, want, "{method} {target}: {v}");
         assert!(v["error"].is_string(), "{method} {target}: {v}");
     }
+    let (_, rooms) = http(addr, "GET", "/api/v1/rooms", None);
+    assert_eq!(rooms["rooms"].as_array().unwrap().len(), 1, "{rooms}");
     let mut c = sa.node(cube.id).unwrap();
     c.parms.insert("tz".into(), Value::Float(3.0));
     sa.diff_nodes(&[c], &[]).unwrap();
@@ -453,4 +455,79 @@ fn history_over_http_and_the_cli() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--server"));
     let missing = cli(&["log", "--room", "nobody", "--data", data_s]);
     assert!(!missing.status.success());
+}
+
+/// The sans-I/O entry point: server-made changes are appended (with a sequence number the
+/// store reports back) and synced to every connection that has the document open.
+#[test]
+fn server_changes_are_appended_and_synced_sans_io() {
+    use automerge::sync::SyncDoc;
+    use tandem_core::wire::{DocumentId, Message, PeerId, SyncMessage};
+    use tandem_core::{SceneDoc, UserId};
+    use tandem_server::protocol::{ConnId, DocSource, Output, PeerInfo, Room, RoomLimits};
+    use tandem_server::store::LoadedDoc;
+
+    struct Src(Option<LoadedDoc>);
+    impl DocSource for Src {
+        fn load(&mut self, _: &str, _: &DocumentId) -> Option<LoadedDoc> {
+            self.0.take()
+        }
+    }
+    let mut scene = SceneDoc::new(UserId::new("alice").unwrap()).unwrap();
+    let bytes = scene.save().unwrap();
+    let mut src = Src(Some(LoadedDoc {
+        doc: automerge::Automerge::load(&bytes).unwrap(),
+        snapshot_bytes: bytes.len(),
+        incremental_bytes: 0,
+        skipped_records: 0,
+    }));
+    let mut room = Room::new("r", PeerId("server".into()), RoomLimits::default());
+    let doc_id = DocumentId::random();
+    let conn = ConnId(1);
+    room.connect(
+        conn,
+        PeerInfo {
+            peer_id: PeerId("p1".into()),
+            user: None,
+            tandem: false,
+            storage_id: None,
+        },
+    );
+    let mut client = automerge::Automerge::new();
+    let mut state = automerge::sync::State::new();
+    let hello = client.generate_sync_message(&mut state).unwrap();
+    room.receive(
+        conn,
+        Message::Request(SyncMessage {
+            sender_id: PeerId("p1".into()),
+            target_id: PeerId("server".into()),
+            document_id: doc_id.clone(),
+            data: hello.encode(),
+            request_id: None,
+        }),
+        &mut src,
+    );
+    room.flush();
+    room.take_outputs();
+
+    let mut copy =
+        SceneDoc::from_automerge(room.document(&doc_id).unwrap().clone(), UserId::new("carol").unwrap())
+            .unwrap();
+    let before = copy.heads();
+    copy.checkpoint("v1", "", 5).unwrap();
+    let changes = copy.changes_since(&before);
+    let (heads, seq) = room.apply_server_changes(&doc_id, changes.clone()).unwrap();
+    assert_eq!(heads, copy.heads());
+    let seq = seq.expect("new changes are appended");
+    room.flush();
+    let out = room.take_outputs();
+    assert!(out.iter().any(|o| matches!(o, Output::Append { seq: s, .. } if *s == seq)));
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send { conn: c, message: Message::Sync(_) } if *c == conn)),
+        "the connected peer is sent the change: {out:?}"
+    );
+    // Nothing new: no append. Unknown document: an error.
+    assert_eq!(room.apply_server_changes(&doc_id, changes).unwrap().1, None);
+    assert!(room.apply_server_changes(&DocumentId::random(), Vec::new()).is_err());
 }

@@ -228,6 +228,27 @@ async fn write(
     f: impl FnOnce(Automerge) -> Result<history::Write> + Send + 'static,
 ) -> Result<Json> {
     let doc_id = history::resolve_doc_id(room, Some(doc))?;
+    // Do not start an actor for a room that has neither connections nor this document.
+    let live = shared
+        .rooms
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(room);
+    if !live {
+        let (store, r, d) = (shared.store.clone(), room.to_owned(), doc_id.to_string());
+        let stored = blocking(move || {
+            store
+                .list_docs(Some(&r))
+                .map(|docs| docs.iter().any(|x| x.document_id == d))
+                .map_err(|e| HistoryError::internal(e.to_string()))
+        })
+        .await?;
+        if !stored {
+            return Err(HistoryError::not_found(format!(
+                "no document {doc_id} in room {room}"
+            )));
+        }
+    }
     let current = copy_from_room(shared, room, &doc_id, true)
         .await?
         .ok_or_else(|| HistoryError::not_found(format!("no document {doc_id} in room {room}")))?;
