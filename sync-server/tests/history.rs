@@ -493,7 +493,7 @@ fn server_changes_are_appended_and_synced_sans_io() {
             storage_id: None,
         },
     );
-    let mut client = automerge::Automerge::new();
+    let client = automerge::Automerge::new();
     let mut state = automerge::sync::State::new();
     let hello = client.generate_sync_message(&mut state).unwrap();
     room.receive(
@@ -510,9 +510,11 @@ fn server_changes_are_appended_and_synced_sans_io() {
     room.flush();
     room.take_outputs();
 
-    let mut copy =
-        SceneDoc::from_automerge(room.document(&doc_id).unwrap().clone(), UserId::new("carol").unwrap())
-            .unwrap();
+    let mut copy = SceneDoc::from_automerge(
+        room.document(&doc_id).unwrap().clone(),
+        UserId::new("carol").unwrap(),
+    )
+    .unwrap();
     let before = copy.heads();
     copy.checkpoint("v1", "", 5).unwrap();
     let changes = copy.changes_since(&before);
@@ -521,13 +523,20 @@ fn server_changes_are_appended_and_synced_sans_io() {
     let seq = seq.expect("new changes are appended");
     room.flush();
     let out = room.take_outputs();
-    assert!(out.iter().any(|o| matches!(o, Output::Append { seq: s, .. } if *s == seq)));
     assert!(
         out.iter()
-            .any(|o| matches!(o, Output::Send { conn: c, message: Message::Sync(_) } if *c == conn)),
+            .any(|o| matches!(o, Output::Append { seq: s, .. } if *s == seq))
+    );
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Output::Send { conn: c, message: Message::Sync(_) } if *c == conn)
+        ),
         "the connected peer is sent the change: {out:?}"
     );
     // Nothing new: no append. Unknown document: an error.
     assert_eq!(room.apply_server_changes(&doc_id, changes).unwrap().1, None);
-    assert!(room.apply_server_changes(&DocumentId::random(), Vec::new()).is_err());
+    assert!(
+        room.apply_server_changes(&DocumentId::random(), Vec::new())
+            .is_err()
+    );
 }
