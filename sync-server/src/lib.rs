@@ -5,6 +5,7 @@
 //! moves bytes: HTTP routing, WebSocket framing, queues, timers).
 
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub mod protocol;
 pub mod server;

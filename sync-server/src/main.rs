@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use tandem_server::config::Config;
 use tandem_server::server::Server;
 
+mod history_cli;
+
 #[derive(Parser)]
 #[command(
     name = "tandem",
@@ -30,6 +32,9 @@ enum Command {
     /// Manage access tokens (`tandem token create --user U --room R --role editor`).
     #[command(subcommand)]
     Token(auth_cli::TokenCmd),
+    /// History: log, show, diff, blame, checkpoint(s), restore, export.
+    #[command(flatten)]
+    History(history_cli::HistoryCommand),
 }
 
 /// Settings: flag > environment variable > config file > default.
@@ -176,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::User(cmd) => auth_cli::user(cmd)?,
         Command::Token(cmd) => auth_cli::token(cmd)?,
+        Command::History(cmd) => history_cli::run(cmd)?,
     }
     Ok(())
 }

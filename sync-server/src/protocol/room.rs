@@ -698,6 +698,47 @@ impl Room {
         }
     }
 
+    /// Load a stored document into memory if it is not already (the history API writes
+    /// through the room's own copy). `false` if the room has no such document.
+    pub fn load_document(&mut self, doc: &DocumentId, source: &mut dyn DocSource) -> bool {
+        self.ensure_loaded(doc, source)
+    }
+
+    /// Changes made by the server itself (history checkpoints and restores, attributed to
+    /// the API caller): applied to the room's document like a peer's changes, appended to
+    /// the store, and synced to every connection that has the document open. Returns the
+    /// new heads and, if anything was new, the sequence number of the append (durable once
+    /// [`Room::persisted`] reports it). The document must be loaded.
+    pub fn apply_server_changes(
+        &mut self,
+        doc_id: &DocumentId,
+        changes: Vec<automerge::Change>,
+    ) -> Result<(Vec<ChangeHash>, Option<u64>), String> {
+        let Some(ds) = self.docs.get_mut(doc_id) else {
+            return Err(format!("document {doc_id} is not loaded"));
+        };
+        let before = ds.doc.get_heads();
+        ds.doc.apply_changes(changes).map_err(|e| e.to_string())?;
+        let after = ds.doc.get_heads();
+        if after == before {
+            return Ok((after, None));
+        }
+        let data = ds.doc.save_after(&before);
+        ds.incremental_bytes += data.len();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.out.push(Output::Append {
+            doc: doc_id.clone(),
+            data,
+            seq,
+        });
+        let conns: Vec<ConnId> = ds.syncs.keys().copied().collect();
+        for c in conns {
+            self.dirty.insert((doc_id.clone(), c));
+        }
+        Ok((after, Some(seq)))
+    }
+
     /// Drop documents no connection uses (after their writes are durable) to free memory.
     pub fn unload_idle_documents(&mut self) -> usize {
         if !self.is_durable() {

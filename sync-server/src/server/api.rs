@@ -4,6 +4,7 @@
 //! - `GET /api/v1/rooms/{room}` — `{room, peers: [...], documents: [...]}`.
 //! - `GET /api/v1/rooms/{room}/documents` — stored documents with their sizes.
 //! - `GET /api/v1/rooms/{room}/peers` — who is connected.
+//! - `/api/v1/rooms/{room}/documents/{doc}/...` — history (see `history_api`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,16 +12,25 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::Shared;
-use super::http::valid_room_name;
+use super::http::{Request, valid_room_name};
 
-pub(crate) async fn handle(shared: &Arc<Shared>, path: &str) -> (u16, String) {
-    let parts: Vec<&str> = path
+pub(crate) async fn handle(shared: &Arc<Shared>, req: &Request, body: &[u8]) -> (u16, String) {
+    let parts: Vec<&str> = req
+        .path
         .trim_start_matches("/api/v1/")
         .trim_end_matches('/')
         .split('/')
         .collect();
     let store = shared.store.clone();
     let result = match parts.as_slice() {
+        ["rooms", room, "documents", doc, rest @ ..]
+            if !rest.is_empty() && valid_room_name(room) =>
+        {
+            return super::history_api::handle(shared, req, body, room, doc, rest).await;
+        }
+        _ if req.method != "GET" => {
+            return (405, json!({"error": "method not allowed"}).to_string());
+        }
         ["rooms"] => {
             let stored = tokio::task::spawn_blocking(move || store.list_rooms()).await;
             let live: Vec<(String, usize)> = live_rooms(shared);

@@ -128,6 +128,9 @@ pub(crate) async fn respond(stream: &mut TcpStream, status: u16, content_type: &
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
         408 => "Request Timeout",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
@@ -167,9 +170,34 @@ pub(crate) async fn handle_tcp(shared: Arc<Shared>, mut stream: TcpStream, peer:
             .await;
         }
     };
-    if req.method != "GET" {
-        return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
+    let is_api = req.path.starts_with("/api/v1/");
+    if req.method != "GET" && !(req.method == "POST" && is_api) {
+        return respond(
+            &mut stream,
+            405,
+            "text/plain",
+            b"only GET (and POST to /api/v1)\n",
+        )
+        .await;
     }
+    let (body, leftover) = if req.method == "POST" {
+        match tokio::time::timeout(
+            cfg.handshake_timeout,
+            read_body(&mut stream, &req, leftover),
+        )
+        .await
+        {
+            Ok(Ok(b)) => (b, Vec::new()),
+            Ok(Err(status)) => {
+                return respond(&mut stream, status, "text/plain", b"bad request body\n").await;
+            }
+            Err(_) => {
+                return respond(&mut stream, 408, "text/plain", b"body deadline passed\n").await;
+            }
+        }
+    } else {
+        (Vec::new(), leftover)
+    };
     match req.path.as_str() {
         "/sync" | "/sync/" => {
             let is_upgrade = req
@@ -232,11 +260,40 @@ pub(crate) async fn handle_tcp(shared: Arc<Shared>, mut stream: TcpStream, peer:
             .await
         }
         p if p.starts_with("/api/v1/") => {
-            let (status, body) = api::handle(&shared, p).await;
+            let (status, body) = api::handle(&shared, &req, &body).await;
             respond(&mut stream, status, "application/json", body.as_bytes()).await
         }
         _ => respond(&mut stream, 404, "text/plain", b"not found\n").await,
     }
+}
+
+/// Largest request body (history API POSTs are small JSON objects).
+const MAX_BODY: usize = 1 << 20;
+
+/// Read a `Content-Length` body (no chunked encoding) after the head.
+async fn read_body(
+    stream: &mut TcpStream,
+    req: &Request,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, u16> {
+    let len: usize = match req.header("content-length") {
+        Some(v) => v.trim().parse().map_err(|_| 400u16)?,
+        None if req.header("transfer-encoding").is_some() => return Err(411),
+        None => 0,
+    };
+    if len > MAX_BODY {
+        return Err(413);
+    }
+    let mut chunk = [0u8; 4096];
+    while buf.len() < len {
+        let n = stream.read(&mut chunk).await.map_err(|_| 400u16)?;
+        if n == 0 {
+            return Err(400);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Room names: 1-128 characters of `A-Z a-z 0-9 . _ -`.

@@ -3,6 +3,7 @@
 
 mod api;
 mod conn;
+mod history_api;
 mod http;
 mod room_task;
 

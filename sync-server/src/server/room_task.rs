@@ -40,7 +40,23 @@ pub(crate) enum RoomCmd {
     Stop {
         done: oneshot::Sender<()>,
     },
+    /// A copy of a document for the history API; with `load`, read from the store if the
+    /// room does not hold it (`None`: no such document).
+    CopyDocument {
+        doc: DocumentId,
+        load: bool,
+        reply: oneshot::Sender<Option<automerge::Automerge>>,
+    },
+    /// Changes the server itself made (history checkpoints and restores): applied, stored
+    /// and synced like a peer's; the reply (new heads) comes once they are durable.
+    ServerChanges {
+        doc: DocumentId,
+        changes: Vec<automerge::Change>,
+        reply: ServerChangesReply,
+    },
 }
+
+pub(crate) type ServerChangesReply = oneshot::Sender<Result<Vec<automerge::ChangeHash>, String>>;
 
 enum Internal {
     Persisted {
@@ -121,6 +137,8 @@ struct Actor {
     internal: mpsc::UnboundedSender<Internal>,
     summary: Arc<Mutex<RoomSummary>>,
     peers_changed: bool,
+    /// History API writes waiting for their append to be durable: (seq, heads, reply).
+    durable_waiters: Vec<(u64, Vec<automerge::ChangeHash>, ServerChangesReply)>,
 }
 
 async fn run(
@@ -143,6 +161,7 @@ async fn run(
         internal,
         summary,
         peers_changed: false,
+        durable_waiters: Vec::new(),
     };
     let mut stop: Option<oneshot::Sender<()>> = None;
     loop {
@@ -231,6 +250,35 @@ impl Actor {
                 }
             }
             RoomCmd::Stop { .. } => {}
+            RoomCmd::CopyDocument { doc, load, reply } => {
+                let before = self.room.loaded_documents().count();
+                if load {
+                    let store = self.shared.store.clone();
+                    self.room.load_document(&doc, &mut StoreSource(&store));
+                }
+                self.count_loaded(before);
+                let _ = reply.send(self.room.document(&doc).cloned());
+            }
+            RoomCmd::ServerChanges {
+                doc,
+                changes,
+                reply,
+            } => match self.room.apply_server_changes(&doc, changes) {
+                Ok((heads, Some(seq))) => self.durable_waiters.push((seq, heads, reply)),
+                Ok((heads, None)) => drop(reply.send(Ok(heads))),
+                Err(e) => drop(reply.send(Err(e))),
+            },
+        }
+    }
+
+    fn count_loaded(&mut self, before: usize) {
+        let after = self.room.loaded_documents().count();
+        if after > before {
+            self.peers_changed = true;
+            self.shared
+                .metrics
+                .documents_loaded
+                .fetch_add((after - before) as u64, Relaxed);
         }
     }
 
@@ -259,7 +307,21 @@ impl Actor {
 
     fn internal(&mut self, ev: Internal) {
         match ev {
-            Internal::Persisted { seq, ok } => self.room.persisted(seq, ok),
+            Internal::Persisted { seq, ok } => {
+                self.room.persisted(seq, ok);
+                let (done, waiting) = std::mem::take(&mut self.durable_waiters)
+                    .into_iter()
+                    .partition(|(s, _, _)| *s <= seq);
+                self.durable_waiters = waiting;
+                for (_, heads, reply) in done {
+                    let r = if ok {
+                        Ok(heads)
+                    } else {
+                        Err("the store failed to write the change".to_owned())
+                    };
+                    let _ = reply.send(r);
+                }
+            }
             Internal::ChatStored {
                 id,
                 conn,
@@ -400,7 +462,7 @@ impl Actor {
     fn submit(&mut self, job: Job, seq: u64) {
         if let Err(e) = self.shared.store.submit(job) {
             tracing::error!(error = %e, "store unavailable");
-            self.room.persisted(seq, false);
+            self.internal(Internal::Persisted { seq, ok: false });
         }
     }
 }
