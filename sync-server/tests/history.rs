@@ -489,6 +489,7 @@ fn server_changes_are_appended_and_synced_sans_io() {
         PeerInfo {
             peer_id: PeerId("p1".into()),
             user: None,
+            role: tandem_core::Role::Admin,
             tandem: false,
             storage_id: None,
         },
