@@ -401,10 +401,6 @@ impl World {
     fn check(&mut self) {
         let first = self.replicas[0].doc.snapshot();
         for (i, rep) in self.replicas.iter_mut().enumerate() {
-            assert_eq!(rep.doc.heads().len(), {
-                let h = rep.doc.heads();
-                h.len()
-            });
             let snap = rep.doc.snapshot();
             assert_eq!(snap, first, "replica {i} diverged");
             let tree = rep.doc.tree().clone();

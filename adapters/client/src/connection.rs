@@ -659,7 +659,8 @@ impl Conn {
                     tracing::error!(error = %e, "appending received changes to the replica failed");
                     i.last_error = Some(e.to_string());
                 }
-                i.update_saved();
+                // New changes are saved once the ack of our reply says so.
+                i.saved = false;
             }
             i.state_dirty = true;
             i.maybe_compact(self.shared.opts.compact_min_bytes);

@@ -45,7 +45,7 @@ pub(crate) struct DocInner {
     pub(crate) sync: sync::State,
     /// Heads the server last acknowledged as durable.
     pub(crate) acked: Vec<ChangeHash>,
-    saved: bool,
+    pub(crate) saved: bool,
     pub(crate) events: VecDeque<SceneEvent>,
     pub(crate) warnings: Vec<String>,
     /// Announced on the current connection.
@@ -137,7 +137,9 @@ impl DocInner {
                 .ok_or_else(|| Error::Protocol("a committed change is missing".into()))?;
             self.replica.append([change.raw_bytes()])?;
             self.ask_first = false;
-            self.update_saved();
+            // A change made just now cannot be acknowledged yet; recomputing here would cost
+            // O(changes since the last ack) per commit (quadratic over an offline session).
+            self.saved = false;
         }
         Ok(hash)
     }
@@ -274,7 +276,7 @@ impl Scene {
             .ok_or_else(|| Error::Protocol("a committed change is missing".into()))?;
         inner.replica.append([change.raw_bytes()])?;
         inner.ask_first = false;
-        inner.update_saved();
+        inner.saved = false;
         drop(inner);
         self.session.send(Cmd::Flush(self.doc.id.clone()));
         Ok(Some(h.to_string()))
