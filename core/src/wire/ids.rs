@@ -69,6 +69,27 @@ impl From<&str> for PeerId {
     }
 }
 
+impl DocumentId {
+    /// The deterministic id of a room's main scene, so every client of a room (and the
+    /// server's history API) finds it without being told; two clients creating it
+    /// concurrently merge, since every scene starts from the same genesis change.
+    pub fn room_scene(room: &str) -> DocumentId {
+        // Two FNV-1a 64-bit hashes with different offsets: stable, not security-relevant.
+        let fnv = |offset: u64| {
+            let mut h = offset;
+            for b in b"tandem-room-scene\0".iter().chain(room.as_bytes()) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h
+        };
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_le_bytes());
+        bytes[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_le_bytes());
+        DocumentId::from_bytes(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,26 +110,5 @@ mod tests {
         let last = s.pop().unwrap();
         s.push(if last == 'a' { 'b' } else { 'a' });
         assert!(DocumentId::parse(&s).is_err());
-    }
-}
-
-impl DocumentId {
-    /// The deterministic id of a room's main scene, so every client of a room (and the
-    /// server's history API) finds it without being told; two clients creating it
-    /// concurrently merge, since every scene starts from the same genesis change.
-    pub fn room_scene(room: &str) -> DocumentId {
-        // Two FNV-1a 64-bit hashes with different offsets: stable, not security-relevant.
-        let fnv = |offset: u64| {
-            let mut h = offset;
-            for b in b"tandem-room-scene\0".iter().chain(room.as_bytes()) {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            h
-        };
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325).to_le_bytes());
-        bytes[8..].copy_from_slice(&fnv(0x6c62_272e_07bb_0142).to_le_bytes());
-        DocumentId::from_bytes(bytes)
     }
 }
