@@ -57,7 +57,7 @@ def main() -> None:
         noop = (time.perf_counter() - t) / runs
         rows.append((f"no-op diff of {n} nodes (Python dicts in)", f"{noop * 1e6 / n:.2f} us/node"))
         for k, node in enumerate(nodes):
-            node["parms"]["p0"] = -float(k)
+            node["parms"]["p0"] = -float(k) - 0.5
         t = time.perf_counter()
         r = scene.diff(nodes, full=True)
         one = time.perf_counter() - t
