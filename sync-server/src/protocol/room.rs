@@ -192,6 +192,43 @@ fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Cha
     Ok(out)
 }
 
+/// Persists what `ds.doc` gained since `before`: one store append, then a compacted
+/// snapshot once the change log outgrows the snapshot (and `min_compact` bytes). Returns the
+/// last sequence number used; an ack may be released once it is durable.
+fn persist_since(
+    ds: &mut DocState,
+    doc_id: &DocumentId,
+    before: &[ChangeHash],
+    next_seq: &mut u64,
+    out: &mut Vec<Output>,
+    min_compact: usize,
+    room: &str,
+) -> u64 {
+    let data = ds.doc.save_after(before);
+    ds.incremental_bytes += data.len();
+    let mut seq = *next_seq;
+    *next_seq += 1;
+    out.push(Output::Append {
+        doc: doc_id.clone(),
+        data,
+        seq,
+    });
+    if ds.incremental_bytes > ds.snapshot_bytes.max(min_compact) {
+        let data = ds.doc.save();
+        tracing::debug!(room, doc = %doc_id, snapshot = data.len(), incremental = ds.incremental_bytes, "compacting");
+        ds.snapshot_bytes = data.len();
+        ds.incremental_bytes = 0;
+        seq = *next_seq;
+        *next_seq += 1;
+        out.push(Output::Snapshot {
+            doc: doc_id.clone(),
+            data,
+            seq,
+        });
+    }
+    seq
+}
+
 fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
     heads.iter().map(|h| h.to_string()).collect()
 }
@@ -566,31 +603,18 @@ impl Room {
         let after = ds.doc.get_heads();
         let changed = after != before;
         if changed {
-            let data = ds.doc.save_after(&before);
-            ds.incremental_bytes += data.len();
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.out.push(Output::Append {
-                doc: doc_id.clone(),
-                data,
-                seq,
-            });
+            persist_since(
+                ds,
+                &doc_id,
+                &before,
+                &mut self.next_seq,
+                &mut self.out,
+                self.limits.min_compact_bytes,
+                &self.name,
+            );
             let others: Vec<ConnId> = ds.syncs.keys().copied().filter(|c| *c != conn).collect();
             for c in others {
                 self.dirty.insert((doc_id.clone(), c));
-            }
-            if ds.incremental_bytes > ds.snapshot_bytes.max(self.limits.min_compact_bytes) {
-                let data = ds.doc.save();
-                tracing::debug!(room = %self.name, doc = %doc_id, snapshot = data.len(), incremental = ds.incremental_bytes, "compacting");
-                ds.snapshot_bytes = data.len();
-                ds.incremental_bytes = 0;
-                let seq = self.next_seq;
-                self.next_seq += 1;
-                self.out.push(Output::Snapshot {
-                    doc: doc_id.clone(),
-                    data,
-                    seq,
-                });
             }
         }
         for c in newcomers {
@@ -723,15 +747,15 @@ impl Room {
         if after == before {
             return Ok((after, None));
         }
-        let data = ds.doc.save_after(&before);
-        ds.incremental_bytes += data.len();
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.out.push(Output::Append {
-            doc: doc_id.clone(),
-            data,
-            seq,
-        });
+        let seq = persist_since(
+            ds,
+            doc_id,
+            &before,
+            &mut self.next_seq,
+            &mut self.out,
+            self.limits.min_compact_bytes,
+            &self.name,
+        );
         let conns: Vec<ConnId> = ds.syncs.keys().copied().collect();
         for c in conns {
             self.dirty.insert((doc_id.clone(), c));
