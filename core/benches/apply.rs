@@ -34,6 +34,18 @@ fn build(n: usize) -> Vec<u8> {
     d.save()
 }
 
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
 }
@@ -70,7 +82,10 @@ fn main() {
             let hash = writer.commit().expect("a real edit makes a change");
             changes.push(writer.get_change_by_hash(&hash).unwrap().clone());
         }
+        let t = Instant::now();
         let mut reader = Automerge::load(&bytes).unwrap();
+        let load = t.elapsed();
+        let rss0 = rss_kb();
         let mut apply = Vec::with_capacity(CHANGES);
         let mut save_after = Vec::with_capacity(CHANGES);
         let start = Instant::now();
@@ -85,14 +100,18 @@ fn main() {
             assert!(!tail.is_empty(), "every change is new to the reader");
         }
         let total = start.elapsed();
+        let grown_kb = rss_kb().saturating_sub(rss0);
         apply.sort();
         save_after.sort();
         println!(
-            "| {n} | {:.3} ms | {:.3} ms | {:.1} µs | {:.3} ms |",
+            "| {n} | {:.2} s | {:.3} ms | {:.3} ms | {:.1} µs | {:.3} ms | {:.1} MB ({:.1} KB/change) |",
+            load.as_secs_f64(),
             pct(&apply, 0.5),
             pct(&apply, 0.99),
             total.as_secs_f64() * 1e6 / CHANGES as f64,
             pct(&save_after, 0.5),
+            grown_kb as f64 / 1e3,
+            grown_kb as f64 / CHANGES as f64,
         );
     }
 }

@@ -101,6 +101,69 @@ async fn late_joiner_catches_up_after_a_restart() {
     server.stop().await;
 }
 
+/// Peers that join with nothing get the whole document from the server's cached save (plus
+/// the changes since, or a fresh save once those outgrow it) instead of a save per joiner,
+/// and changes made while that whole document is on its way follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_joiners_get_the_cached_document_and_what_followed() {
+    let server = TestServer::start().await;
+    let url = server.url("joiners");
+    let mut a = Client::connect(&url, "ann", true).await;
+    let doc = a.create_doc();
+    for i in 0..300 {
+        a.put(&doc, &format!("k{i}"), i);
+    }
+    a.sync(&doc).await;
+    a.wait_durable(&doc).await;
+
+    // Asks, then does not read while ann edits: the edit must follow the whole document.
+    let mut c = Client::connect(&url, "cyd", false).await;
+    c.request(&doc).await;
+    a.put(&doc, "during", "cyd's join");
+    a.sync(&doc).await;
+    a.wait_durable(&doc).await;
+    c.wait_until(
+        "cyd has the document and the edit made during her join",
+        |c| {
+            c.get_i64(&doc, "k299") == Some(299)
+                && c.get_str(&doc, "during").as_deref() == Some("cyd's join")
+        },
+    )
+    .await;
+
+    // A small change since the cached save: the save plus that change.
+    a.put(&doc, "after", 1);
+    a.sync(&doc).await;
+    a.wait_durable(&doc).await;
+    let mut d = Client::connect(&url, "dan", false).await;
+    d.request(&doc).await;
+    d.wait_until("dan has everything", |d| {
+        d.get_i64(&doc, "after") == Some(1)
+    })
+    .await;
+
+    // Many changes since: a fresh save.
+    for i in 0..300 {
+        a.put(&doc, &format!("k{i}"), -i - 1);
+        a.sync(&doc).await;
+    }
+    a.wait_durable(&doc).await;
+    let mut e = Client::connect(&url, "eve", false).await;
+    e.request(&doc).await;
+    e.wait_until("eve has everything", |e| {
+        e.get_i64(&doc, "k299") == Some(-300)
+    })
+    .await;
+
+    let heads = a.heads(&doc);
+    for (name, peer) in [("cyd", &mut c), ("dan", &mut d), ("eve", &mut e)] {
+        peer.wait_until("the peer's heads match ann's", |p| p.heads(&doc) == heads)
+            .await;
+        assert_eq!(peer.heads(&doc), heads, "{name}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_edits_merge_both_ways_on_reconnect() {
     let server = TestServer::start().await;

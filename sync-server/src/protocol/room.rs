@@ -145,6 +145,107 @@ struct DocState {
     syncs: HashMap<ConnId, sync::State>,
     snapshot_bytes: usize,
     incremental_bytes: usize,
+    /// The last whole-document save, for peers that join with nothing.
+    saved: Option<SavedDoc>,
+}
+
+/// `Automerge::save` output and the heads it was taken at.
+struct SavedDoc {
+    heads: Vec<ChangeHash>,
+    bytes: Vec<u8>,
+}
+
+impl DocState {
+    fn new(doc: Automerge, snapshot_bytes: usize, incremental_bytes: usize) -> Self {
+        Self {
+            doc,
+            rules: RuleChecker::new(),
+            syncs: HashMap::new(),
+            snapshot_bytes,
+            incremental_bytes,
+            saved: None,
+        }
+    }
+}
+
+/// The whole document as one loadable chunk: the cached save, plus the changes made since
+/// it when they are few (a save followed by change chunks is what `Automerge::load`
+/// reads); otherwise a fresh save, which becomes the cache.
+fn whole_document(doc: &Automerge, saved: &mut Option<SavedDoc>) -> Vec<u8> {
+    let heads = doc.get_heads();
+    if let Some(s) = saved.as_ref() {
+        if s.heads == heads {
+            return s.bytes.clone();
+        }
+        let tail = doc.save_after(&s.heads);
+        if tail.len() < s.bytes.len() / 4 {
+            let mut out = Vec::with_capacity(s.bytes.len() + tail.len());
+            out.extend_from_slice(&s.bytes);
+            out.extend_from_slice(&tail);
+            return out;
+        }
+    }
+    let bytes = doc.save();
+    *saved = Some(SavedDoc {
+        heads,
+        bytes: bytes.clone(),
+    });
+    bytes
+}
+
+/// The sync message for a peer that holds nothing of the document, built from the cached
+/// save instead of by `generate_sync_message`, which would call `save()` for every such
+/// peer (about a second on a 100k-node scene, with the room's actor blocked). The state is
+/// updated exactly as automerge does when it sends a whole document. `None` when the peer
+/// is not in that situation (the caller falls back to automerge); `Some(None)` when the
+/// whole document is already on its way and nothing changed since.
+fn fresh_peer_message(
+    doc: &Automerge,
+    saved: &mut Option<SavedDoc>,
+    state: &mut sync::State,
+) -> Option<Option<sync::Message>> {
+    let fresh = state.their_heads.as_deref() == Some(&[])
+        && state.their_have.is_some()
+        && state.their_need.is_some()
+        && !state.peer_read_only
+        && state
+            .their_capabilities
+            .as_ref()
+            .is_some_and(|c| c.contains(&sync::Capability::MessageV2));
+    let heads = doc.get_heads();
+    if !fresh || heads.is_empty() {
+        return None;
+    }
+    if state.have_responded && state.in_flight && state.last_sent_heads == heads {
+        return Some(None);
+    }
+    // Already sent the whole document (not yet acknowledged): send only what came since.
+    let (chunk, hashes) = if state.have_responded && !state.sent_hashes.is_empty() {
+        let since = state.last_sent_heads.clone();
+        let hashes: Vec<ChangeHash> = doc
+            .get_changes_meta(&since)
+            .iter()
+            .map(|m| m.hash)
+            .collect();
+        (doc.save_after(&since), hashes)
+    } else {
+        let hashes: Vec<ChangeHash> = doc.get_changes_meta(&[]).iter().map(|m| m.hash).collect();
+        (whole_document(doc, saved), hashes)
+    };
+    state.have_responded = true;
+    state.last_sent_heads.clone_from(&heads);
+    state.sent_hashes.extend(hashes);
+    state.in_flight = true;
+    let mut flags = sync::MessageFlags::new();
+    flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+    Some(Some(sync::Message {
+        heads,
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: sync::ChunkList::from(vec![chunk]),
+        flags: Some(flags),
+        version: sync::MessageVersion::V2,
+    }))
 }
 
 struct PendingAck {
@@ -216,6 +317,10 @@ fn persist_since(
     if ds.incremental_bytes > ds.snapshot_bytes.max(min_compact) {
         let data = ds.doc.save();
         tracing::debug!(room, doc = %doc_id, snapshot = data.len(), incremental = ds.incremental_bytes, "compacting");
+        ds.saved = Some(SavedDoc {
+            heads: ds.doc.get_heads(),
+            bytes: data.clone(),
+        });
         ds.snapshot_bytes = data.len();
         ds.incremental_bytes = 0;
         seq = *next_seq;
@@ -453,13 +558,7 @@ impl Room {
                 }
                 self.docs.insert(
                     doc.clone(),
-                    DocState {
-                        doc: l.doc,
-                        rules: RuleChecker::new(),
-                        syncs: HashMap::new(),
-                        snapshot_bytes: l.snapshot_bytes,
-                        incremental_bytes: l.incremental_bytes,
-                    },
+                    DocState::new(l.doc, l.snapshot_bytes, l.incremental_bytes),
                 );
                 true
             }
@@ -516,16 +615,8 @@ impl Room {
                 }
                 return;
             }
-            self.docs.insert(
-                doc_id.clone(),
-                DocState {
-                    doc: Automerge::new(),
-                    rules: RuleChecker::new(),
-                    syncs: HashMap::new(),
-                    snapshot_bytes: 0,
-                    incremental_bytes: 0,
-                },
-            );
+            self.docs
+                .insert(doc_id.clone(), DocState::new(Automerge::new(), 0, 0));
         }
         // Subscribe the sender (and anyone who asked for this document before it existed).
         let mut newcomers = vec![conn];
@@ -648,7 +739,11 @@ impl Room {
             let Some(state) = ds.syncs.get_mut(&conn) else {
                 continue;
             };
-            if let Some(msg) = ds.doc.generate_sync_message(state) {
+            let msg = match fresh_peer_message(&ds.doc, &mut ds.saved, state) {
+                Some(m) => m,
+                None => ds.doc.generate_sync_message(state),
+            };
+            if let Some(msg) = msg {
                 self.out.push(Output::Send {
                     conn,
                     message: Message::Sync(SyncMessage {

@@ -501,7 +501,15 @@ impl Client {
         let Some(r) = self.docs.get_mut(doc) else {
             return false;
         };
-        for a in self.acks.iter().filter(|a| &a.document_id == doc) {
+        // Acks of one connection come in order and each covers the ones before it: the
+        // latest is enough (checking all of them made long waits quadratic).
+        for a in self
+            .acks
+            .iter()
+            .rev()
+            .filter(|a| &a.document_id == doc)
+            .take(1)
+        {
             let heads: Vec<ChangeHash> = a.heads.iter().filter_map(|h| h.parse().ok()).collect();
             if heads.iter().any(|h| r.doc.get_change_by_hash(h).is_none()) {
                 continue;

@@ -235,6 +235,7 @@
 macro_rules! log {
      ( $( $t:tt )* ) => {
           {
+            #[allow(unused_imports)] // Tandem: quiet as a path dependency (TANDEM-PATCH.md)
             use $crate::__log;
             __log!( $( $t )* );
           }

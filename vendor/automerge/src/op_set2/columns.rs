@@ -304,7 +304,7 @@ impl Columns {
 
         let value_meta =
             hexane::PrefixColumn::<ValueMeta>::load_with(data_for(VALUE_META_COL_SPEC), opts)?;
-        let value = hexane::RawColumn::load(data_for(VALUE_COL_SPEC))?;
+        let value = load_value_column(data_for(VALUE_COL_SPEC), &value_meta)?;
 
         let index = Indexes::default();
 
@@ -662,3 +662,44 @@ pub(crate) mod ids {
 }
 
 pub(super) use ids::*;
+
+/// Tandem patch: the value column of a loaded document, cut into slabs of a few KB at
+/// value boundaries. `RawColumn::load` keeps all values in one slab, so every later splice
+/// into a big document's value column split (and copied) a multi-megabyte slab, and the
+/// left half kept its whole capacity: on a 100k-node scene each applied change cost a
+/// memmove of megabytes and left tens of KB of heap behind. Appending value-aligned chunks
+/// lets the column's own split rule (never inside a value) build bounded slabs. Falls back
+/// to the single slab whenever the metadata and the data disagree.
+fn load_value_column(
+    data: &[u8],
+    value_meta: &hexane::PrefixColumn<ValueMeta>,
+) -> Result<hexane::RawColumn, PackError> {
+    const CHUNK: u64 = 2048;
+    if data.len() as u64 <= 2 * CHUNK {
+        return hexane::RawColumn::load(data);
+    }
+    let mut bounds = Vec::with_capacity(data.len() / CHUNK as usize + 1);
+    let mut start = 0u64;
+    let mut end = 0u64;
+    for v in value_meta.iter() {
+        end = v.total();
+        if end - start >= CHUNK {
+            bounds.push(end);
+            start = end;
+        }
+    }
+    if end != data.len() as u64 {
+        return hexane::RawColumn::load(data);
+    }
+    if bounds.last() != Some(&end) {
+        bounds.push(end);
+    }
+    let mut col = hexane::RawColumn::new();
+    let mut from = 0usize;
+    for b in bounds {
+        let to = b as usize;
+        col.try_splice_slice(from, 0, &data[from..to])?;
+        from = to;
+    }
+    Ok(col)
+}

@@ -1,3 +1,5 @@
+// Tandem: quiet as a path dependency (TANDEM-PATCH.md).
+#![allow(unused_assignments)]
 use std::{borrow::Cow, ops::Range};
 
 use crate::{
