@@ -345,3 +345,43 @@ fn a_refused_replica_rebases_keeping_its_legal_edits() {
     deliver(&mut server, ch);
     assert_eq!(server.node(free).unwrap().parms["x"], Value::Float(3.0));
 }
+
+#[test]
+fn a_subtree_lock_reaches_grandchildren_in_a_batch_that_touches_free_nodes_first() {
+    // The checker remembers lock verdicts per node within a batch: a free node checked
+    // first must not make a locked grandchild look free.
+    let (hero, arm, hand, free, leaf) = (
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+    );
+    let (mut server, mut alice, _) = room(&[
+        cube(hero),
+        cube(arm).with_parent(hero),
+        cube(hand).with_parent(arm),
+        cube(free),
+        cube(leaf).with_parent(free),
+    ]);
+    alice.lock(hero, true, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
+    set_x(&mut bob, leaf, 1.0);
+    bob.commit(None).unwrap();
+    set_x(&mut bob, free, 1.0);
+    bob.commit(None).unwrap();
+    set_x(&mut bob, hand, 1.0);
+    let ch = outgoing(&mut bob, &server);
+    assert_eq!(ch.len(), 3);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.node, Some(hand));
+    assert_eq!(err.rule, format!("subtree locked by alice at {hero}"));
+    server
+        .check_changes(&ch[..2], &user("bob"), Role::Editor)
+        .unwrap();
+}
