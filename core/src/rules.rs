@@ -151,6 +151,35 @@ pub fn read_rules(doc: &automerge::Automerge) -> Rules {
     rules
 }
 
+/// Puts what refusal `f` names back to its value in `base`: one parm for a grant, the
+/// owner for a refused hand-over, nothing for a refused lock or grant (rules are not part
+/// of the scene), and otherwise (a lock, a subtree lock, a viewer) the whole node.
+fn put_back(wanted: &mut BTreeMap<NodeId, Node>, base: &BTreeMap<NodeId, Node>, f: &Forbidden) {
+    let Some(id) = f.node else { return };
+    let field = f.field.as_deref();
+    if field == Some("rules") {
+        return;
+    }
+    let (Some(b), Some(w)) = (base.get(&id), wanted.get_mut(&id)) else {
+        match base.get(&id) {
+            Some(b) => wanted.insert(id, b.clone()),
+            None => wanted.remove(&id),
+        };
+        return;
+    };
+    match field {
+        Some(p) if p.starts_with("parm:") && f.rule.starts_with("granted") => {
+            let parm = &p["parm:".len()..];
+            match b.parms.get(parm) {
+                Some(v) => w.parms.insert(parm.to_owned(), v.clone()),
+                None => w.parms.remove(parm),
+            };
+        }
+        Some(F_OWNER) => w.owner = b.owner.clone(),
+        _ => *w = b.clone(),
+    }
+}
+
 fn forbidden(node: Option<NodeId>, field: Option<&str>, rule: impl Into<String>) -> Forbidden {
     Forbidden {
         node,
@@ -196,11 +225,32 @@ impl SceneDoc {
     /// are left out. Returns the events that turn the host's view into the rebuilt scene:
     /// exactly the refused edits, undone. Costs a fork of the document.
     pub fn rebase_onto(&mut self, acked: &[ChangeHash], now_ms: i64) -> Result<Vec<SceneEvent>> {
+        self.rebase_refusing(acked, &[], now_ms)
+    }
+
+    /// [`rebase_onto`](Self::rebase_onto), also leaving out what the server named in its
+    /// refusals even where this replica's own view of the rules would allow it (the lock or
+    /// grant that refused it may not have reached this replica yet): a parm refused by a
+    /// grant, a refused owner, or else (a lock, a viewer) the whole named node is put back to
+    /// what `acked` holds.
+    pub fn rebase_refusing(
+        &mut self,
+        acked: &[ChangeHash],
+        refused: &[Forbidden],
+        now_ms: i64,
+    ) -> Result<Vec<SceneEvent>> {
         let intended = self.scene();
         let fork = self.doc.fork_at(acked)?;
         let mut fresh = SceneDoc::from_automerge(fork, self.user.clone())?;
         fresh.role = self.role;
-        let nodes: Vec<Node> = intended.nodes.values().cloned().collect();
+        let mut wanted = intended.nodes.clone();
+        if refused.iter().any(|f| f.node.is_some()) {
+            let base = fresh.scene();
+            for f in refused {
+                put_back(&mut wanted, &base.nodes, f);
+            }
+        }
+        let nodes: Vec<Node> = wanted.into_values().collect();
         fresh.diff_full(&nodes, now_ms)?;
         fresh.commit(Some("rebase after refusal"))?;
         let refusals = fresh.refusals.clone();

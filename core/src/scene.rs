@@ -359,6 +359,11 @@ impl SceneDoc {
         self.role = role;
     }
 
+    /// The role this replica edits with.
+    pub fn role(&self) -> crate::rules::Role {
+        self.role
+    }
+
     /// What the last diff left out because the rules refuse it.
     pub fn refusals(&self) -> &[crate::rules::Forbidden] {
         &self.refusals

@@ -385,3 +385,34 @@ fn a_subtree_lock_reaches_grandchildren_in_a_batch_that_touches_free_nodes_first
         .check_changes(&ch[..2], &user("bob"), Role::Editor)
         .unwrap();
 }
+
+#[test]
+fn a_rebase_leaves_out_what_the_server_refused_even_before_the_lock_arrives() {
+    let locked = NodeId::new_v4();
+    let free = NodeId::new_v4();
+    let (mut server, mut alice, mut bob) = room(&[cube(locked), cube(free)]);
+    let acked = server.heads();
+    // Alice locks; bob, who has not heard of it, edits both nodes.
+    alice.lock(locked, false, Role::Editor, 5).unwrap();
+    let lock = outgoing(&mut alice, &server);
+    deliver(&mut server, lock);
+    set_x(&mut bob, locked, 7.0);
+    set_x(&mut bob, free, 3.0);
+    bob.commit(None).unwrap();
+    let ch = bob.changes_since(&acked);
+    let refusal = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(refusal.node, Some(locked));
+    // With the plain rebase bob's replica (no lock in sight) would write the edit again.
+    let events = bob
+        .rebase_refusing(&acked, std::slice::from_ref(&refusal), 9)
+        .unwrap();
+    assert_eq!(bob.node(locked).unwrap().parms["x"], Value::Float(0.0));
+    assert_eq!(bob.node(free).unwrap().parms["x"], Value::Float(3.0));
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ch = bob.changes_since(&acked);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+}

@@ -337,22 +337,19 @@ impl Room {
         doc: Option<DocumentId>,
         request_id: Option<u64>,
     ) {
-        tracing::info!(room = %self.name, %conn, code = code.as_str(), %message, "refusing a message");
+        self.fail_with(conn, TandemError::new(code, message, doc, request_id));
+    }
+
+    fn fail_with(&mut self, conn: ConnId, error: TandemError) {
+        tracing::info!(room = %self.name, %conn, code = error.code.as_str(), message = %error.message, "refusing a message");
         if self.is_tandem(conn) {
-            self.send(
-                conn,
-                Message::TandemError(TandemError {
-                    code,
-                    message,
-                    document_id: doc,
-                    request_id,
-                }),
-            );
+            self.send(conn, Message::TandemError(error));
         } else {
+            let code = error.code;
             self.send(
                 conn,
                 Message::Error {
-                    message: format!("{}: {message}", code.as_str()),
+                    message: format!("{}: {}", code.as_str(), error.message),
                 },
             );
             self.out.push(Output::Close {
@@ -506,12 +503,12 @@ impl Room {
                 if request_id.is_some() && self.is_tandem(conn) {
                     self.send(
                         conn,
-                        Message::TandemError(TandemError {
-                            code: ErrorCode::UnknownDoc,
-                            message: "no such document in this room".into(),
-                            document_id: Some(doc_id),
+                        Message::TandemError(TandemError::new(
+                            ErrorCode::UnknownDoc,
+                            "no such document in this room",
+                            Some(doc_id),
                             request_id,
-                        }),
+                        )),
                     );
                 }
                 return;
@@ -561,18 +558,33 @@ impl Room {
                         .unwrap_or_else(anonymous);
                     ds.rules
                         .check(&ds.doc, &changes, &user, role)
-                        .map_err(|f| (ErrorCode::Forbidden, f.to_string()))
+                        .map_err(|f| TandemError {
+                            node: f.node.map(|n| n.to_string()),
+                            field: f.field.clone(),
+                            rule: Some(f.rule.clone()),
+                            ..TandemError::new(
+                                ErrorCode::Forbidden,
+                                f.to_string(),
+                                Some(doc_id.clone()),
+                                request_id,
+                            )
+                        })
                 }
-                Err(e) => Err((ErrorCode::BadMessage, e)),
+                Err(e) => Err(TandemError::new(
+                    ErrorCode::BadMessage,
+                    e,
+                    Some(doc_id.clone()),
+                    request_id,
+                )),
             };
-            if let Err((code, message)) = verdict {
+            if let Err(error) = verdict {
                 // Forget what this peer's sync state assumed so neither side waits on the
                 // refused changes; the peer restarts sync with its next message. Nothing is
                 // sent unprompted, so a client that keeps resending spins only itself.
                 ds.syncs.insert(conn, sync::State::new());
                 ds.rules = RuleChecker::new();
                 self.dirty.remove(&(doc_id.clone(), conn));
-                return self.fail(conn, code, message, Some(doc_id), request_id);
+                return self.fail_with(conn, error);
             }
         }
         let before = ds.doc.get_heads();
