@@ -174,21 +174,83 @@ fn anonymous() -> UserId {
     UserId::new("anonymous".to_owned()).unwrap_or_else(|_| unreachable!("a valid user id"))
 }
 
-/// The changes a sync message carries that `doc` does not have yet, in order. A chunk is a
-/// change, or (automerge's "whole document" shortcut) a saved document.
+/// The changes a sync message carries that `doc` does not have yet, in order. A message
+/// chunk holds one or more storage chunks back to back (automerge's V2 sync messages
+/// concatenate the changes they carry): changes, compressed changes, bundles, or a whole
+/// saved document (automerge's "send everything" shortcut).
 fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     for chunk in chunks.iter() {
-        match Change::try_from(chunk) {
-            Ok(c) => out.push(c),
-            Err(_) => {
-                let whole =
-                    Automerge::load(chunk).map_err(|e| format!("undecodable change chunk: {e}"))?;
-                out.extend(whole.get_changes(&[]));
+        for (kind, piece) in storage_chunks(chunk)? {
+            match kind {
+                CHUNK_DOCUMENT => {
+                    let whole = Automerge::load(piece)
+                        .map_err(|e| format!("undecodable document chunk: {e}"))?;
+                    out.extend(whole.get_changes(&[]));
+                }
+                CHUNK_BUNDLE => {
+                    let bundle = automerge::Bundle::try_from(piece)
+                        .map_err(|e| format!("undecodable bundle chunk: {e}"))?;
+                    out.extend(
+                        bundle
+                            .to_changes()
+                            .map_err(|e| format!("undecodable bundle chunk: {e}"))?,
+                    );
+                }
+                _ => out.push(
+                    Change::try_from(piece)
+                        .map_err(|e| format!("undecodable change chunk: {e}"))?,
+                ),
             }
         }
     }
     out.retain(|c| doc.get_change_by_hash(&c.hash()).is_none());
+    Ok(out)
+}
+
+/// Automerge storage chunk types (the byte after the magic bytes and the checksum).
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_BUNDLE: u8 = 3;
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Splits bytes into the storage chunks they hold back to back: `(type, chunk bytes)`.
+/// Untrusted input: every length is checked, nothing panics.
+fn storage_chunks(mut bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let bad = |why: &str| Err(format!("undecodable change chunk: {why}"));
+        if bytes.len() < 9 || bytes[..4] != MAGIC {
+            return bad("bad chunk header");
+        }
+        let kind = bytes[8];
+        if kind > CHUNK_BUNDLE {
+            return bad("unknown chunk type");
+        }
+        let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
+        loop {
+            let Some(&b) = bytes.get(at) else {
+                return bad("truncated chunk length");
+            };
+            at += 1;
+            if shift > 63 {
+                return bad("chunk length too large");
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|&e| e <= bytes.len());
+        let Some(end) = end else {
+            return bad("chunk longer than the message");
+        };
+        out.push((kind, &bytes[..end]));
+        bytes = &bytes[end..];
+    }
     Ok(out)
 }
 
@@ -783,5 +845,48 @@ impl Room {
         let before = self.docs.len();
         self.docs.retain(|_, d| !d.syncs.is_empty());
         before - self.docs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+
+    use super::*;
+
+    /// Regression: automerge's V2 sync messages carry several changes concatenated in one
+    /// chunk; reading only the first (or loading them as a document) refused every editor's
+    /// batch of more than one change as `bad_message`.
+    #[test]
+    fn concatenated_changes_in_one_chunk_are_all_read() {
+        let mut a = AutoCommit::new();
+        a.put(ROOT, "x", 1).unwrap();
+        a.commit();
+        let server = Automerge::load(&a.save()).unwrap();
+        a.put(ROOT, "x", 2).unwrap();
+        a.commit();
+        a.put(ROOT, "y", 3).unwrap();
+        a.commit();
+        let new: Vec<Change> = a.get_changes(&server.get_heads()).into_iter().collect();
+        let mut joined = Vec::new();
+        for c in &new {
+            joined.extend_from_slice(c.raw_bytes());
+        }
+        let got = incoming_changes(&server, &sync::ChunkList::from(joined.clone())).unwrap();
+        let hashes: Vec<ChangeHash> = got.iter().map(Change::hash).collect();
+        assert_eq!(hashes, new.iter().map(Change::hash).collect::<Vec<_>>());
+        // A whole saved document: only what the server lacks.
+        let got = incoming_changes(&server, &sync::ChunkList::from(a.save())).unwrap();
+        assert_eq!(got.len(), 2);
+        // Damaged input is an error, never a panic.
+        for cut in [1, 5, 9, 10, joined.len() - 1] {
+            let _ = incoming_changes(&server, &sync::ChunkList::from(joined[..cut].to_vec()));
+        }
+        let mut huge = joined.clone();
+        huge[9] = 0xff;
+        huge.splice(10..10, [0xff; 12]);
+        assert!(incoming_changes(&server, &sync::ChunkList::from(huge)).is_err());
+        assert!(incoming_changes(&server, &sync::ChunkList::from(vec![0u8; 20])).is_err());
     }
 }
