@@ -123,6 +123,9 @@ impl ServeArgs {
         if let Some(v) = self.max_connections {
             c.max_connections = v
         }
+        if let Some(v) = self.min_compact_bytes {
+            c.min_compact_bytes = v
+        }
         if self.insecure {
             c.insecure = true
         }
