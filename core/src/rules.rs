@@ -17,7 +17,7 @@
 //! [`SceneDoc::check_changes`] runs these rules over changes *before* they are applied,
 //! which is how the server keeps a forbidden change out of everything others receive.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -151,6 +151,35 @@ pub fn read_rules(doc: &automerge::Automerge) -> Rules {
     rules
 }
 
+/// Puts what refusal `f` names back to its value in `base`: one parm for a grant, the
+/// owner for a refused hand-over, nothing for a refused lock or grant (rules are not part
+/// of the scene), and otherwise (a lock, a subtree lock, a viewer) the whole node.
+fn put_back(wanted: &mut BTreeMap<NodeId, Node>, base: &BTreeMap<NodeId, Node>, f: &Forbidden) {
+    let Some(id) = f.node else { return };
+    let field = f.field.as_deref();
+    if field == Some("rules") {
+        return;
+    }
+    let (Some(b), Some(w)) = (base.get(&id), wanted.get_mut(&id)) else {
+        match base.get(&id) {
+            Some(b) => wanted.insert(id, b.clone()),
+            None => wanted.remove(&id),
+        };
+        return;
+    };
+    match field {
+        Some(p) if p.starts_with("parm:") && f.rule.starts_with("granted") => {
+            let parm = &p["parm:".len()..];
+            match b.parms.get(parm) {
+                Some(v) => w.parms.insert(parm.to_owned(), v.clone()),
+                None => w.parms.remove(parm),
+            };
+        }
+        Some(F_OWNER) => w.owner = b.owner.clone(),
+        _ => *w = b.clone(),
+    }
+}
+
 fn forbidden(node: Option<NodeId>, field: Option<&str>, rule: impl Into<String>) -> Forbidden {
     Forbidden {
         node,
@@ -174,8 +203,8 @@ impl SceneDoc {
         node: NodeId,
         field: Option<&str>,
     ) -> std::result::Result<(), Forbidden> {
-        let view = DocView::new(&self.doc);
-        view.check_node(&self.rules(), user, role, node, field)
+        let rules = self.rules();
+        Judge::new(&self.doc, &rules, user, role).check_node(node, field)
     }
 
     /// Checks changes from `user` (authenticated, with `role`) against the rules before they
@@ -196,11 +225,32 @@ impl SceneDoc {
     /// are left out. Returns the events that turn the host's view into the rebuilt scene:
     /// exactly the refused edits, undone. Costs a fork of the document.
     pub fn rebase_onto(&mut self, acked: &[ChangeHash], now_ms: i64) -> Result<Vec<SceneEvent>> {
+        self.rebase_refusing(acked, &[], now_ms)
+    }
+
+    /// [`rebase_onto`](Self::rebase_onto), also leaving out what the server named in its
+    /// refusals even where this replica's own view of the rules would allow it (the lock or
+    /// grant that refused it may not have reached this replica yet): a parm refused by a
+    /// grant, a refused owner, or else (a lock, a viewer) the whole named node is put back to
+    /// what `acked` holds.
+    pub fn rebase_refusing(
+        &mut self,
+        acked: &[ChangeHash],
+        refused: &[Forbidden],
+        now_ms: i64,
+    ) -> Result<Vec<SceneEvent>> {
         let intended = self.scene();
         let fork = self.doc.fork_at(acked)?;
         let mut fresh = SceneDoc::from_automerge(fork, self.user.clone())?;
         fresh.role = self.role;
-        let nodes: Vec<Node> = intended.nodes.values().cloned().collect();
+        let mut wanted = intended.nodes.clone();
+        if refused.iter().any(|f| f.node.is_some()) {
+            let base = fresh.scene();
+            for f in refused {
+                put_back(&mut wanted, &base.nodes, f);
+            }
+        }
+        let nodes: Vec<Node> = wanted.into_values().collect();
         fresh.diff_full(&nodes, now_ms)?;
         fresh.commit(Some("rebase after refusal"))?;
         let refusals = fresh.refusals.clone();
@@ -216,7 +266,8 @@ impl SceneDoc {
         node: NodeId,
         what: &str,
     ) -> std::result::Result<(), Forbidden> {
-        DocView::new(&self.doc).check_owner_or_admin(&self.user, role, node, what)
+        let rules = Rules::default();
+        Judge::new(&self.doc, &rules, &self.user, role).check_owner_or_admin(node, what)
     }
 
     /// Locks `node` (and, with `subtree`, everything under it) for this replica's user.
@@ -335,10 +386,15 @@ impl RuleChecker {
     }
 }
 
-/// Reads what the rules need from a document.
+/// Reads what the rules need from a document. Every lookup is remembered for the life of
+/// the view: one batch touches the same few nodes over and over, and each Automerge map
+/// lookup costs microseconds, so a batch of thousands of changes must not repeat them.
 struct DocView<'a> {
     doc: &'a automerge::Automerge,
     nodes: Option<automerge::ObjId>,
+    objs: HashMap<NodeId, Option<automerge::ObjId>>,
+    parents: HashMap<NodeId, Option<NodeId>>,
+    owners: HashMap<NodeId, Option<UserId>>,
 }
 
 impl<'a> DocView<'a> {
@@ -346,35 +402,86 @@ impl<'a> DocView<'a> {
         Self {
             doc,
             nodes: codec::child_map(doc, &ROOT, KEY_NODES),
+            objs: HashMap::new(),
+            parents: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
-    fn node_obj(&self, id: NodeId) -> Option<automerge::ObjId> {
-        events::node_obj(self.doc, self.nodes.as_ref()?, id)
+    fn node_obj(&mut self, id: NodeId) -> Option<automerge::ObjId> {
+        let (doc, nodes) = (self.doc, self.nodes.as_ref());
+        self.objs
+            .entry(id)
+            .or_insert_with(|| events::node_obj(doc, nodes?, id))
+            .clone()
     }
 
-    fn exists(&self, id: NodeId) -> bool {
+    fn exists(&mut self, id: NodeId) -> bool {
         self.node_obj(id).is_some()
     }
 
-    fn owner(&self, id: NodeId) -> Option<UserId> {
-        let obj = self.node_obj(id)?;
-        codec::read_str(self.doc, &obj, F_OWNER).and_then(|o| UserId::new(o).ok())
+    fn owner(&mut self, id: NodeId) -> Option<UserId> {
+        if let Some(o) = self.owners.get(&id) {
+            return o.clone();
+        }
+        let owner = self.node_obj(id).and_then(|obj| {
+            codec::read_str(self.doc, &obj, F_OWNER).and_then(|o| UserId::new(o).ok())
+        });
+        self.owners.insert(id, owner.clone());
+        owner
     }
 
-    fn parent(&self, id: NodeId) -> Option<NodeId> {
-        let obj = self.node_obj(id)?;
-        codec::read_parent(self.doc, &obj).0
+    fn parent(&mut self, id: NodeId) -> Option<NodeId> {
+        if let Some(p) = self.parents.get(&id) {
+            return *p;
+        }
+        let parent = self
+            .node_obj(id)
+            .and_then(|obj| codec::read_parent(self.doc, &obj).0);
+        self.parents.insert(id, parent);
+        parent
+    }
+}
+
+/// Applies the rules for one user and role over a [`DocView`], remembering each node's lock
+/// verdict (its own lock and subtree locks above it) for the life of the judge.
+pub(crate) struct Judge<'a, 'r> {
+    view: DocView<'a>,
+    rules: &'r Rules,
+    user: &'r UserId,
+    role: Role,
+    /// Someone else holds a subtree lock: only then are ancestors walked.
+    subtree_locks: bool,
+    /// Node → the lock rule that keeps this user off it, if any.
+    locked: HashMap<NodeId, Option<String>>,
+    /// Node → the subtree lock (someone else's) on it or above it, if any.
+    inherited: HashMap<NodeId, Option<String>>,
+}
+
+impl<'a, 'r> Judge<'a, 'r> {
+    pub(crate) fn new(
+        doc: &'a automerge::Automerge,
+        rules: &'r Rules,
+        user: &'r UserId,
+        role: Role,
+    ) -> Self {
+        Self {
+            view: DocView::new(doc),
+            rules,
+            user,
+            role,
+            subtree_locks: rules.locks.values().any(|l| l.subtree && &l.by != user),
+            locked: HashMap::new(),
+            inherited: HashMap::new(),
+        }
     }
 
     fn check_owner_or_admin(
-        &self,
-        user: &UserId,
-        role: Role,
+        &mut self,
         node: NodeId,
         what: &str,
     ) -> std::result::Result<(), Forbidden> {
-        if role == Role::Admin || self.owner(node).as_ref() == Some(user) {
+        if self.role == Role::Admin || self.view.owner(node).as_ref() == Some(self.user) {
             Ok(())
         } else {
             Err(forbidden(
@@ -385,50 +492,77 @@ impl<'a> DocView<'a> {
         }
     }
 
-    fn check_node(
-        &self,
-        rules: &Rules,
-        user: &UserId,
-        role: Role,
+    /// The lock rule that keeps this user off `node`, if any.
+    fn lock_verdict(&mut self, node: NodeId) -> Option<String> {
+        if let Some(v) = self.locked.get(&node) {
+            return v.clone();
+        }
+        let verdict = self.find_lock(node);
+        self.locked.insert(node, verdict.clone());
+        verdict
+    }
+
+    fn find_lock(&mut self, node: NodeId) -> Option<String> {
+        if let Some(lock) = self.rules.locks.get(&node)
+            && &lock.by != self.user
+        {
+            return Some(format!("locked by {}", lock.by));
+        }
+        if !self.subtree_locks {
+            return None;
+        }
+        let parent = self.view.parent(node)?;
+        self.subtree_lock_at_or_above(parent)
+    }
+
+    /// A subtree lock held by someone else on `node` or an ancestor (by parent registers; a
+    /// cycle ends the walk). Remembered for every node on the walked chain, so a batch over
+    /// a deep tree walks each node once.
+    fn subtree_lock_at_or_above(&mut self, node: NodeId) -> Option<String> {
+        let mut chain = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cur = Some(node);
+        let mut found = None;
+        while let Some(p) = cur {
+            if let Some(v) = self.inherited.get(&p) {
+                found = v.clone();
+                break;
+            }
+            if !seen.insert(p) {
+                break;
+            }
+            chain.push(p);
+            if let Some(lock) = self.rules.locks.get(&p)
+                && lock.subtree
+                && &lock.by != self.user
+            {
+                found = Some(format!("subtree locked by {} at {p}", lock.by));
+                break;
+            }
+            cur = self.view.parent(p);
+        }
+        for p in chain {
+            self.inherited.insert(p, found.clone());
+        }
+        found
+    }
+
+    pub(crate) fn check_node(
+        &mut self,
         node: NodeId,
         field: Option<&str>,
     ) -> std::result::Result<(), Forbidden> {
-        match role {
+        match self.role {
             Role::Viewer => return Err(forbidden(Some(node), field, "viewers cannot edit")),
             Role::Admin => return Ok(()),
             Role::Editor => {}
         }
-        if let Some(lock) = rules.locks.get(&node)
-            && &lock.by != user
-        {
-            return Err(forbidden(
-                Some(node),
-                field,
-                format!("locked by {}", lock.by),
-            ));
-        }
-        // Subtree locks on ancestors, by parent registers; a cycle ends the walk.
-        let mut seen = std::collections::HashSet::new();
-        let mut cur = self.parent(node);
-        while let Some(p) = cur {
-            if !seen.insert(p) {
-                break;
-            }
-            if let Some(lock) = rules.locks.get(&p)
-                && lock.subtree
-                && &lock.by != user
-            {
-                return Err(forbidden(
-                    Some(node),
-                    field,
-                    format!("subtree locked by {} at {p}", lock.by),
-                ));
-            }
-            cur = self.parent(p);
+        if let Some(rule) = self.lock_verdict(node) {
+            return Err(forbidden(Some(node), field, rule));
         }
         if let Some(parm) = field.and_then(|f| f.strip_prefix("parm:"))
-            && let Some(users) = rules.grants.get(&node).and_then(|g| g.get(parm))
-            && !users.contains(user)
+            && let Some(users) = self.rules.grants.get(&node).and_then(|g| g.get(parm))
+            && !users.contains(self.user)
         {
             let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
             return Err(forbidden(
@@ -468,8 +602,8 @@ fn check(
     if role == Role::Viewer {
         return Err(forbidden(None, None, "viewers cannot edit"));
     }
-    let view = DocView::new(doc);
     let rules = read_rules(doc);
+    let mut judge = Judge::new(doc, &rules, user, role);
     let mut located = Vec::new();
     events::walk_ops(doc, index, changes, |op| {
         let value = match &op.op.action {
@@ -480,7 +614,7 @@ fn check(
         located.push((op.loc, op.key.map(str::to_owned), value, is_make));
     });
     // Nodes these changes create: their author owns them.
-    let mut created: std::collections::HashSet<NodeId> = std::collections::HashSet::new();
+    let mut created: HashSet<NodeId> = HashSet::new();
     for (loc, key, value, is_make) in located {
         let key = key.as_deref();
         let parm_field = |p: &str| format!("parm:{p}");
@@ -498,12 +632,10 @@ fn check(
                 _ => {}
             },
             Loc::Nodes => match key.and_then(|k| k.parse::<NodeId>().ok()) {
-                Some(id) if is_make && !view.exists(id) => {
+                Some(id) if is_make && !judge.view.exists(id) => {
                     created.insert(id);
                 }
-                Some(id) if !created.contains(&id) => {
-                    view.check_node(&rules, user, role, id, None)?
-                }
+                Some(id) if !created.contains(&id) => judge.check_node(id, None)?,
                 _ => {}
             },
             Loc::Node(id) | Loc::Field(id, _) if created.contains(&id) => {
@@ -519,27 +651,27 @@ fn check(
                 }
             }
             Loc::Node(id) => match key {
-                Some(F_OWNER) => view.check_owner_or_admin(user, role, id, "owner")?,
-                k => view.check_node(&rules, user, role, id, k)?,
+                Some(F_OWNER) => judge.check_owner_or_admin(id, "owner")?,
+                k => judge.check_node(id, k)?,
             },
-            Loc::Field(id, f) => view.check_node(&rules, user, role, id, Some(&f))?,
+            Loc::Field(id, f) => judge.check_node(id, Some(&f))?,
             Loc::Parms(id) | Loc::Parm(id, _) if created.contains(&id) => {}
             Loc::Parms(id) => {
                 if let Some(p) = key {
-                    view.check_node(&rules, user, role, id, Some(&parm_field(p)))?;
+                    judge.check_node(id, Some(&parm_field(p)))?;
                 }
             }
-            Loc::Parm(id, p) => view.check_node(&rules, user, role, id, Some(&parm_field(&p)))?,
+            Loc::Parm(id, p) => judge.check_node(id, Some(&parm_field(&p)))?,
             Loc::Rules(RulesLoc::Locks | RulesLoc::Grants) => {
                 if let Some(id) = key.and_then(|k| k.parse().ok())
                     && !created.contains(&id)
                 {
-                    view.check_owner_or_admin(user, role, id, "rules")?;
+                    judge.check_owner_or_admin(id, "rules")?;
                 }
             }
             Loc::Rules(RulesLoc::Lock(id) | RulesLoc::Grant(id) | RulesLoc::GrantParm(id, _)) => {
                 if !created.contains(&id) {
-                    view.check_owner_or_admin(user, role, id, "rules")?;
+                    judge.check_owner_or_admin(id, "rules")?;
                 }
             }
             Loc::Rules(RulesLoc::Root) => {

@@ -359,6 +359,11 @@ impl SceneDoc {
         self.role = role;
     }
 
+    /// The role this replica edits with.
+    pub fn role(&self) -> crate::rules::Role {
+        self.role
+    }
+
     /// What the last diff left out because the rules refuse it.
     pub fn refusals(&self) -> &[crate::rules::Forbidden] {
         &self.refusals
@@ -377,11 +382,14 @@ impl SceneDoc {
         if self.role == Role::Editor && rules.locks.is_empty() && rules.grants.is_empty() {
             return None;
         }
+        // One judge for the whole diff: rules read once, node lookups remembered.
+        let mut judge = crate::rules::Judge::new(&self.doc, &rules, &self.user, self.role);
+        let mut refusals = Vec::new();
         let mut keep = Vec::with_capacity(nodes.len());
         for h in nodes {
             let Some(cur) = self.entries.get(&h.id).map(|e| &e.node) else {
-                match self.may_edit(&self.user, self.role, h.id, None) {
-                    Err(f) if self.role == Role::Viewer => self.refusals.push(f),
+                match judge.check_node(h.id, None) {
+                    Err(f) if self.role == Role::Viewer => refusals.push(f),
                     _ => keep.push(h.clone()),
                 }
                 continue;
@@ -390,12 +398,10 @@ impl SceneDoc {
                 keep.push(h.clone());
                 continue;
             }
-            if let Err(f) = self.may_edit(&self.user, self.role, h.id, None) {
+            if let Err(f) = judge.check_node(h.id, None) {
                 // A lock refuses the whole node; grants are per parm, below.
-                if !f.rule.starts_with("granted") {
-                    self.refusals.push(f);
-                    continue;
-                }
+                refusals.push(f);
+                continue;
             }
             let mut h2 = h.clone();
             let keys: BTreeSet<&String> = h.parms.keys().chain(cur.parms.keys()).collect();
@@ -403,10 +409,8 @@ impl SceneDoc {
                 if h.parms.get(k) == cur.parms.get(k) {
                     continue;
                 }
-                if let Err(f) =
-                    self.may_edit(&self.user, self.role, h.id, Some(&format!("parm:{k}")))
-                {
-                    self.refusals.push(f);
+                if let Err(f) = judge.check_node(h.id, Some(&format!("parm:{k}"))) {
+                    refusals.push(f);
                     match cur.parms.get(k) {
                         Some(v) => h2.parms.insert(k.clone(), v.clone()),
                         None => h2.parms.remove(k),
@@ -417,11 +421,12 @@ impl SceneDoc {
         }
         let mut keep_removed = Vec::with_capacity(removed.len());
         for &id in removed {
-            match self.may_edit(&self.user, self.role, id, None) {
-                Err(f) if self.entries.contains_key(&id) => self.refusals.push(f),
+            match judge.check_node(id, None) {
+                Err(f) if self.entries.contains_key(&id) => refusals.push(f),
                 _ => keep_removed.push(id),
             }
         }
+        self.refusals = refusals;
         Some((keep, keep_removed))
     }
 

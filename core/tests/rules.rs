@@ -345,3 +345,74 @@ fn a_refused_replica_rebases_keeping_its_legal_edits() {
     deliver(&mut server, ch);
     assert_eq!(server.node(free).unwrap().parms["x"], Value::Float(3.0));
 }
+
+#[test]
+fn a_subtree_lock_reaches_grandchildren_in_a_batch_that_touches_free_nodes_first() {
+    // The checker remembers lock verdicts per node within a batch: a free node checked
+    // first must not make a locked grandchild look free.
+    let (hero, arm, hand, free, leaf) = (
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+        NodeId::new_v4(),
+    );
+    let (mut server, mut alice, _) = room(&[
+        cube(hero),
+        cube(arm).with_parent(hero),
+        cube(hand).with_parent(arm),
+        cube(free),
+        cube(leaf).with_parent(free),
+    ]);
+    alice.lock(hero, true, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
+    set_x(&mut bob, leaf, 1.0);
+    bob.commit(None).unwrap();
+    set_x(&mut bob, free, 1.0);
+    bob.commit(None).unwrap();
+    set_x(&mut bob, hand, 1.0);
+    let ch = outgoing(&mut bob, &server);
+    assert_eq!(ch.len(), 3);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.node, Some(hand));
+    assert_eq!(err.rule, format!("subtree locked by alice at {hero}"));
+    server
+        .check_changes(&ch[..2], &user("bob"), Role::Editor)
+        .unwrap();
+}
+
+#[test]
+fn a_rebase_leaves_out_what_the_server_refused_even_before_the_lock_arrives() {
+    let locked = NodeId::new_v4();
+    let free = NodeId::new_v4();
+    let (mut server, mut alice, mut bob) = room(&[cube(locked), cube(free)]);
+    let acked = server.heads();
+    // Alice locks; bob, who has not heard of it, edits both nodes.
+    alice.lock(locked, false, Role::Editor, 5).unwrap();
+    let lock = outgoing(&mut alice, &server);
+    deliver(&mut server, lock);
+    set_x(&mut bob, locked, 7.0);
+    set_x(&mut bob, free, 3.0);
+    bob.commit(None).unwrap();
+    let ch = bob.changes_since(&acked);
+    let refusal = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(refusal.node, Some(locked));
+    // With the plain rebase bob's replica (no lock in sight) would write the edit again.
+    let events = bob
+        .rebase_refusing(&acked, std::slice::from_ref(&refusal), 9)
+        .unwrap();
+    assert_eq!(bob.node(locked).unwrap().parms["x"], Value::Float(0.0));
+    assert_eq!(bob.node(free).unwrap().parms["x"], Value::Float(3.0));
+    assert_eq!(events.len(), 1, "{events:?}");
+    let ch = bob.changes_since(&acked);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+}

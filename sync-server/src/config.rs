@@ -41,6 +41,11 @@ pub struct Config {
     pub chat_history: usize,
     /// Allow listening beyond loopback with no users configured (open, unauthenticated).
     pub insecure: bool,
+    /// PEM certificate chain (leaf first): with `tls_key`, the port serves `wss://` and
+    /// `https://` only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -60,6 +65,8 @@ impl Default for Config {
             min_compact_bytes: 1 << 20,
             chat_history: 100,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

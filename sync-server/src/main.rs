@@ -79,6 +79,13 @@ struct ServeArgs {
     /// address can edit every room. Logged loudly. For a trusted LAN only.
     #[arg(long, env = "TANDEM_INSECURE")]
     insecure: bool,
+    /// PEM certificate chain (leaf first): serve wss:// and https:// instead of ws:// and
+    /// http://. Needs --tls-key.
+    #[arg(long, env = "TANDEM_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "TANDEM_TLS_KEY")]
+    tls_key: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -116,8 +123,17 @@ impl ServeArgs {
         if let Some(v) = self.max_connections {
             c.max_connections = v
         }
+        if let Some(v) = self.min_compact_bytes {
+            c.min_compact_bytes = v
+        }
         if self.insecure {
             c.insecure = true
+        }
+        if let Some(v) = self.tls_cert {
+            c.tls_cert = Some(v)
+        }
+        if let Some(v) = self.tls_key {
+            c.tls_key = Some(v)
         }
         Ok(c)
     }

@@ -298,3 +298,258 @@ async fn a_change_with_a_forged_author_is_refused() {
         bob.errors
     );
 }
+
+// ------------------------------------------------------------------ with the real client
+
+mod real_client {
+    //! The scenario with the real client connector (`tandem-client`) against the
+    //! real `tandem` binary: nothing here skips a local check or crafts a change by hand.
+
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use tandem_client::{
+        ClientEvent, ConnectionState, Error, Node, NodeId, Options, Role, Scene, SceneEvent,
+        Session, Value,
+    };
+    use tandem_server::store::Auth;
+
+    use super::common;
+
+    const T: Duration = Duration::from_secs(20);
+
+    fn session(url: &str, user: &str, token: &str, dir: &Path) -> Session {
+        let mut o = Options::new(dir.join(user));
+        o.token = Some(token.to_owned());
+        o.backoff_base = Duration::from_millis(50);
+        o.backoff_max = Duration::from_millis(400);
+        Session::connect(url, "shot", user, o).unwrap()
+    }
+
+    fn x(scene: &Scene, id: NodeId) -> Option<f64> {
+        match scene.node(id)?.parms.get("x") {
+            Some(Value::Float(f)) => Some(*f),
+            _ => None,
+        }
+    }
+
+    fn set_x(scene: &Scene, id: NodeId, v: f64) -> tandem_client::DiffReport {
+        let n = scene.node(id).unwrap().with_parm("x", Value::Float(v));
+        let r = scene.diff_nodes(&[n], &[]).unwrap();
+        scene.commit(None).unwrap();
+        r
+    }
+
+    /// Waits until `scene` shows `x == want` on `id`.
+    fn wait_x(scene: &Scene, id: NodeId, want: f64) {
+        let deadline = Instant::now() + T;
+        while x(scene, id) != Some(want) {
+            assert!(Instant::now() < deadline, "x of {id} never became {want}");
+            scene.wait_events(Duration::from_millis(100));
+        }
+    }
+
+    /// Session events until one matches, or panic after T (with the server's log).
+    fn wait_event(
+        s: &Session,
+        server: &common::Binary,
+        what: &str,
+        f: impl Fn(&ClientEvent) -> bool,
+    ) -> ClientEvent {
+        let deadline = Instant::now() + T;
+        let mut seen = Vec::new();
+        loop {
+            for e in s.wait_client_events(Duration::from_millis(200)) {
+                if f(&e) {
+                    return e;
+                }
+                seen.push(e);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event; saw {seen:?}; state {:?}, last error {:?}; server log:\n{}",
+                s.state(),
+                s.last_error(),
+                server.log_text()
+            );
+        }
+    }
+
+    fn saw_hero_at(events: &[SceneEvent], hero: NodeId, v: f64) -> bool {
+        events.iter().any(|e| match e {
+            SceneEvent::ParmsChanged { id, changed } if *id == hero => {
+                changed.get("x") == Some(&Some(Value::Float(v)))
+            }
+            SceneEvent::NodeAdded { node } if node.id == hero => {
+                node.parms.get("x") == Some(&Value::Float(v))
+            }
+            _ => false,
+        })
+    }
+
+    #[test]
+    fn an_edit_of_a_locked_node_is_refused_undone_and_reported_and_later_edits_sync() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let auth = Auth::open(&data).unwrap();
+        let mut tokens = std::collections::HashMap::new();
+        for (u, role) in [
+            ("lead", Role::Admin),
+            ("alice", Role::Editor),
+            ("bob", Role::Editor),
+            ("carol", Role::Editor),
+        ] {
+            auth.add_user(u).unwrap();
+            tokens.insert(u, auth.create_token(u, "shot", role, None).unwrap().1);
+        }
+        let server = common::Binary::start(&data, &tmp.path().join("server.log"));
+        let url = format!("ws://{}", server.addr);
+        let dir = tmp.path();
+
+        // The lead sets the scene up (its structure is an admin's job) with a prop.
+        let lead = session(&url, "lead", &tokens["lead"], dir);
+        let sl = lead.open_scene(None).unwrap();
+        let prop =
+            Node::new(NodeId::new_v4(), "test/box", "prop").with_parm("x", Value::Float(0.0));
+        sl.diff_full(std::slice::from_ref(&prop)).unwrap();
+        sl.commit(Some("set up")).unwrap();
+        assert!(sl.wait_saved(T));
+        assert_eq!(lead.role(), Some(Role::Admin));
+
+        // Alice adds her hero; bob and carol join.
+        let alice = session(&url, "alice", &tokens["alice"], dir);
+        let sa = alice.open_scene(None).unwrap();
+        assert!(sa.wait_heads(&sl.heads(), T).unwrap());
+        let hero = NodeId::new_v4();
+        sa.diff_nodes(
+            &[Node::new(hero, "test/box", "hero").with_parm("x", Value::Float(0.0))],
+            &[],
+        )
+        .unwrap();
+        sa.commit(Some("hero")).unwrap();
+        assert!(sa.wait_saved(T));
+        let bob = session(&url, "bob", &tokens["bob"], dir);
+        let sb = bob.open_scene(None).unwrap();
+        let carol = session(&url, "carol", &tokens["carol"], dir);
+        let sc = carol.open_scene(None).unwrap();
+        assert!(sb.wait_heads(&sa.heads(), T).unwrap());
+        assert!(sc.wait_heads(&sa.heads(), T).unwrap());
+        assert_eq!(bob.role(), Some(Role::Editor));
+
+        // Bob goes offline; meanwhile alice locks her hero.
+        bob.disconnect();
+        assert!(bob.wait_state(ConnectionState::Offline, T));
+        sa.lock(hero, false).unwrap();
+        assert!(sa.wait_saved(T));
+        assert!(sc.wait_heads(&sa.heads(), T).unwrap());
+
+        // Offline, bob has not heard of the lock: he moves the prop and the hero.
+        assert_eq!(set_x(&sb, prop.id, 3.0).refused, 0);
+        assert_eq!(
+            set_x(&sb, hero, 7.0).refused,
+            0,
+            "the lock is not known yet"
+        );
+        sb.drain_events();
+        bob.drain_client_events();
+
+        // He reconnects: the server refuses, he is told which node, parm and rule.
+        bob.reconnect();
+        let refused = wait_event(&bob, &server, "Refused", |e| {
+            matches!(e, ClientEvent::Refused { .. })
+        });
+        let ClientEvent::Refused {
+            node, parm, rule, ..
+        } = refused
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (node, parm.as_deref(), rule.as_str()),
+            (Some(hero), Some("x"), "locked by alice")
+        );
+        // His replica undid the hero edit (an event tells his host) and kept the prop edit.
+        assert_eq!(x(&sb, hero), Some(0.0));
+        assert_eq!(x(&sb, prop.id), Some(3.0));
+        assert!(saw_hero_at(&sb.drain_events(), hero, 0.0));
+        let refusals = sb.refusals();
+        assert!(
+            refusals.iter().any(|r| r.by_server && r.node == Some(hero)),
+            "{refusals:?}"
+        );
+
+        // His legal edit is acknowledged and reaches everyone; the hero edit reaches no one.
+        assert!(sb.wait_saved(T), "the rebased legal edit is acknowledged");
+        wait_x(&sc, prop.id, 3.0);
+        wait_x(&sa, prop.id, 3.0);
+        assert_eq!(x(&sc, hero), Some(0.0));
+        assert_eq!(x(&sa, hero), Some(0.0));
+
+        // The room keeps working: bob's later legal edits sync and are acknowledged...
+        assert_eq!(set_x(&sb, prop.id, 4.0).refused, 0);
+        assert!(sb.wait_saved(T));
+        wait_x(&sc, prop.id, 4.0);
+        // ...his replica now knows the lock and refuses the hero locally...
+        let r = set_x(&sb, hero, 8.0);
+        assert_eq!(r.refused, 1);
+        assert_eq!(sb.refusals()[0].rule, "locked by alice");
+        assert_eq!(x(&sb, hero), Some(0.0));
+        // ...an owner-only action is refused locally with Error::Forbidden...
+        assert!(matches!(sb.lock(prop.id, false), Err(Error::Forbidden(_))));
+        // ...and alice, the holder, edits her hero.
+        set_x(&sa, hero, 5.0);
+        assert!(sa.wait_saved(T));
+        wait_x(&sc, hero, 5.0);
+        wait_x(&sb, hero, 5.0);
+
+        // Neither carol nor alice ever saw bob's refused value.
+        let seen_by_carol = sc.drain_events();
+        assert!(!saw_hero_at(&seen_by_carol, hero, 7.0), "{seen_by_carol:?}");
+        assert!(!saw_hero_at(&sa.drain_events(), hero, 7.0));
+        assert!(!saw_hero_at(&sl.drain_events(), hero, 7.0));
+    }
+
+    #[test]
+    fn a_bad_token_is_unauthorized_and_the_client_stops_retrying() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let auth = Auth::open(&data).unwrap();
+        auth.add_user("alice").unwrap();
+        let other_room = auth
+            .create_token("alice", "elsewhere", Role::Editor, None)
+            .unwrap()
+            .1;
+        let server = common::Binary::start(&data, &tmp.path().join("server.log"));
+        let url = format!("ws://{}", server.addr);
+        for (name, token) in [
+            ("wrong", "not-a-token"),
+            ("other-room", other_room.as_str()),
+        ] {
+            let s = session(&url, "alice", token, &tmp.path().join(name));
+            let t0 = Instant::now();
+            let e = s.wait_connected(T).unwrap_err();
+            assert!(matches!(e, Error::Unauthorized(_)), "{name}: {e}");
+            assert!(t0.elapsed() < Duration::from_secs(10));
+            assert_eq!(s.state(), ConnectionState::Refused);
+            let events = s.drain_client_events();
+            assert!(
+                events.iter().any(|e| matches!(
+                    e,
+                    ClientEvent::Stopped {
+                        kind: "Unauthorized",
+                        ..
+                    }
+                )),
+                "{events:?}"
+            );
+            // No retry loop: the state stays put and no reconnect happens.
+            let frames = s.stats().frames_out;
+            std::thread::sleep(Duration::from_millis(600));
+            assert_eq!(s.state(), ConnectionState::Refused);
+            assert_eq!(s.stats().frames_out, frames);
+            assert_eq!(s.stats().connects, 0);
+        }
+    }
+}

@@ -15,19 +15,20 @@ use ciborium::Value as Cbor;
 use futures_util::{SinkExt, StreamExt};
 use tandem_core::wire::{
     self, ChatMessage, DocumentId, Ephemeral, ErrorCode, Join, Message, PROTOCOL_VERSION, PeerId,
-    PeerMetadata, SyncMessage, TandemHello,
+    PeerMetadata, SyncMessage, TandemError, TandemHello,
 };
+use tandem_core::{Forbidden, NodeId, Role};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::scene::{DocShared, PeerPresence};
-use crate::session::{ChatLine, ConnectionState, SessionShared, lock};
+use crate::session::{ChatLine, ClientEvent, ConnectionState, SessionShared, lock};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -68,9 +69,12 @@ pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedRec
         if online {
             shared.set_state(ConnectionState::Connecting, None);
             match dial(&shared).await {
-                Ok((ws, server)) => {
+                Ok((ws, server, role)) => {
                     backoff.reset();
                     shared.counters.connects.fetch_add(1, Relaxed);
+                    if let Some(role) = role {
+                        shared.set_role(role);
+                    }
                     shared.set_state(ConnectionState::Connected, None);
                     tracing::info!(room = %shared.url.room, "connected");
                     let mut conn = Conn {
@@ -96,7 +100,12 @@ pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedRec
                         }
                     }
                 }
-                Err(e @ (Error::VersionMismatch(_) | Error::Protocol(_))) => {
+                Err(
+                    e @ (Error::VersionMismatch(_)
+                    | Error::Protocol(_)
+                    | Error::Unauthorized(_)
+                    | Error::Tls(_)),
+                ) => {
                     fatal(&shared, e);
                     online = false;
                 }
@@ -106,7 +115,12 @@ pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedRec
                 }
             }
         }
-        if !online && shared.state() != ConnectionState::Incompatible {
+        if !online
+            && !matches!(
+                shared.state(),
+                ConnectionState::Incompatible | ConnectionState::Refused
+            )
+        {
             shared.set_state(ConnectionState::Offline, None);
         }
         let delay = online.then(|| backoff.next_delay());
@@ -135,10 +149,18 @@ pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedRec
 }
 
 fn fatal(shared: &SessionShared, e: Error) {
-    tracing::warn!(error = %e, "server refused this client; not retrying");
+    tracing::warn!(error = %e, "connection refused; not retrying until reconnect()");
     let text = e.to_string();
+    let state = match e {
+        Error::Unauthorized(_) | Error::Tls(_) => ConnectionState::Refused,
+        _ => ConnectionState::Incompatible,
+    };
+    shared.push_event(ClientEvent::Stopped {
+        kind: e.kind(),
+        message: text.clone(),
+    });
     lock(&shared.status).fatal = Some(e);
-    shared.set_state(ConnectionState::Incompatible, Some(text));
+    shared.set_state(state, Some(text));
 }
 
 /// Forget per-connection sync state (keeping what we know the server has) and write it.
@@ -158,7 +180,11 @@ fn after_disconnect(shared: &SessionShared) {
 
 fn map_ws_error(e: WsError) -> Error {
     match e {
-        WsError::Io(e) => Error::Unreachable(e.to_string()),
+        WsError::Io(e) => match crate::tls::describe_io(&e) {
+            Some(why) => Error::Tls(why),
+            None => Error::Unreachable(e.to_string()),
+        },
+        WsError::Tls(e) => Error::Tls(e.to_string()),
         WsError::Http(resp) => Error::Protocol(format!(
             "the server answered HTTP {} instead of a WebSocket upgrade",
             resp.status()
@@ -168,16 +194,18 @@ fn map_ws_error(e: WsError) -> Error {
     }
 }
 
-async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId), Error> {
+/// Dials, joins, and returns the socket, the server's peer id and the role it announced.
+async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId, Option<Role>), Error> {
     let o = &shared.opts;
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(512 << 20))
         .max_frame_size(Some(512 << 20));
     let url = shared.url.to_url();
     let deadline = o.connect_timeout;
+    let connector = shared.tls.clone().map(Connector::Rustls);
     let (mut ws, _) = timeout(
         deadline,
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), true),
+        tokio_tungstenite::connect_async_tls_with_config(url.as_str(), Some(cfg), true, connector),
     )
     .await
     .map_err(|_| Error::Unreachable(format!("no answer from {url} within {deadline:?}")))?
@@ -227,7 +255,16 @@ async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId), Error> {
         Ok(Message::Peer(p)) => {
             let tandem = p.peer_metadata.and_then(|m| m.tandem);
             match tandem {
-                Some(t) if t.version == o.tandem_version => Ok((ws, p.sender_id)),
+                Some(t) if t.version == o.tandem_version => {
+                    let role = t.role.as_deref().and_then(|r| match r.parse::<Role>() {
+                        Ok(r) => Some(r),
+                        Err(_) => {
+                            tracing::warn!(role = r, "the server announced an unknown role");
+                            None
+                        }
+                    });
+                    Ok((ws, p.sender_id, role))
+                }
                 Some(t) => Err(Error::VersionMismatch(format!(
                     "server speaks tandem extension version {}, this client {}",
                     t.version, o.tandem_version
@@ -239,12 +276,17 @@ async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId), Error> {
             }
         }
         // A server with users configured refuses a missing or bad token before the join.
+        Ok(Message::TandemError(e)) if e.code == ErrorCode::Unauthorized => {
+            Err(Error::Unauthorized(e.message))
+        }
         Ok(Message::TandemError(e)) => Err(Error::ServerRefused {
             code: e.code.as_str().to_owned(),
             message: e.message,
         }),
         Ok(Message::Error { message }) => {
-            if message.starts_with(ErrorCode::VersionMismatch.as_str()) {
+            if let Some(why) = message.strip_prefix("unauthorized: ") {
+                Err(Error::Unauthorized(why.to_owned()))
+            } else if message.starts_with(ErrorCode::VersionMismatch.as_str()) {
                 Err(Error::VersionMismatch(message))
             } else {
                 Err(Error::Protocol(message))
@@ -541,6 +583,17 @@ impl Conn {
                 drop(i);
                 d.cv.notify_all();
             }
+            Message::TandemError(e)
+                if e.code == ErrorCode::Forbidden && e.document_id.is_some() =>
+            {
+                let Some(d) = e.document_id.as_ref().and_then(|id| self.shared.doc(id)) else {
+                    return Ok(());
+                };
+                if self.on_forbidden(&d, &e) {
+                    let frames = self.sync_frames(&d);
+                    self.send_all(frames).await?;
+                }
+            }
             Message::TandemError(e) => {
                 let text = format!("{}: {}", e.code.as_str(), e.message);
                 tracing::info!(error = %text, "server reported an error");
@@ -610,6 +663,86 @@ impl Conn {
             _ => {}
         }
         Ok(())
+    }
+
+    /// The server refused changes of `d`: rebase the replica onto what the server is known
+    /// to hold (heads it shared or acknowledged), leaving out what the refusal names, queue
+    /// the events that undo the refused edits, rewrite the replica, restart sync, and tell
+    /// the host. A refusal of a message sent before the last rebase only repeats one that
+    /// rebase already handled: it is logged and skipped. Returns whether it rebased.
+    fn on_forbidden(&self, d: &DocShared, e: &TandemError) -> bool {
+        let refusal = Forbidden {
+            node: e.node.as_deref().and_then(|n| n.parse::<NodeId>().ok()),
+            field: e.field.clone(),
+            rule: e.rule.clone().unwrap_or_else(|| e.message.clone()),
+        };
+        let mut guard = d.lock();
+        let i = &mut *guard;
+        if e.request_id.is_some_and(|r| r < i.rebase_epoch) {
+            tracing::debug!(doc = %d.id, message = %e.message, "refusal of a message sent before the last rebase");
+            return false;
+        }
+        tracing::info!(doc = %d.id, message = %e.message, "the server refused our changes; rebasing");
+        i.last_error = Some(format!("forbidden: {}", e.message));
+        let doc = i.scene.doc();
+        let mut base: Vec<automerge::ChangeHash> = i
+            .sync
+            .shared_heads
+            .iter()
+            .chain(i.acked.iter())
+            .filter(|h| doc.get_change_meta_by_hash(h).is_some())
+            .copied()
+            .collect();
+        base.sort();
+        base.dedup();
+        if let Err(e) = i.commit_logged(None) {
+            tracing::warn!(error = %e, "commit before rebase failed");
+        }
+        match i.scene.rebase_refusing(
+            &base,
+            std::slice::from_ref(&refusal),
+            crate::scene::now_ms(),
+        ) {
+            Ok(events) => i.events.extend(events),
+            Err(err) => {
+                tracing::error!(error = %err, doc = %d.id, "rebasing after a refusal failed");
+                i.last_error = Some(format!("rebase after a refusal failed: {err}"));
+                return false;
+            }
+        }
+        // Both sides start sync over from what they share (the server forgot its state too).
+        let mut state = sync::State::new();
+        state.shared_heads = base;
+        i.sync = state;
+        i.state_dirty = true;
+        i.rebase_epoch = self.shared.next_request.load(Relaxed);
+        if let Err(err) = i.persist(true) {
+            tracing::error!(error = %err, "writing the rebased replica failed");
+            i.last_error = Some(err.to_string());
+        }
+        i.update_saved();
+        let local = i.scene.refusals().to_vec();
+        i.push_refusal(&refusal, &e.message, true);
+        for f in &local {
+            if f != &refusal {
+                i.push_refusal(f, &f.to_string(), false);
+            }
+        }
+        drop(guard);
+        d.cv.notify_all();
+        self.shared.push_event(ClientEvent::Refused {
+            doc: d.id.to_string(),
+            node: refusal.node,
+            parm: refusal
+                .field
+                .as_deref()
+                .and_then(|f| f.strip_prefix("parm:"))
+                .map(str::to_owned),
+            field: refusal.field.clone(),
+            rule: refusal.rule.clone(),
+            message: e.message.clone(),
+        });
+        true
     }
 
     /// Applies one sync message: commits and logs local pending edits first, logs the new

@@ -17,9 +17,22 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
-    /// The server could not be reached (refused, timed out, DNS, TLS).
+    /// The server could not be reached (refused, timed out, DNS).
     #[error("cannot reach the server: {0}")]
     Unreachable(String),
+    /// The TLS handshake failed: most often the server's certificate is not trusted (add its
+    /// CA or the certificate itself with `Options::ca_cert` / `TANDEM_CA_CERT`), or a file
+    /// given to trust could not be read. The session stops retrying.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server refused this session's credentials (missing, unknown, expired, revoked or
+    /// other-room token). The session stops retrying until [`Session::reconnect`](crate::Session::reconnect).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The rules refuse this edit (a viewer, a node locked by someone else, a parm granted to
+    /// others, an owner-only action).
+    #[error("forbidden: {0}")]
+    Forbidden(tandem_core::Forbidden),
     /// The server speaks a protocol version this client does not.
     #[error("incompatible server: {0}")]
     VersionMismatch(String),
@@ -44,7 +57,7 @@ pub enum Error {
     },
     /// The scene refused the host's input (bad node, bad value, duplicate id).
     #[error("scene: {0}")]
-    BadInput(#[from] tandem_core::Error),
+    BadInput(tandem_core::Error),
     /// An argument that is neither a scene nor a wire error (a bad document id, a user name).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -59,6 +72,9 @@ impl Error {
         match self {
             Error::InvalidUrl { .. } => "InvalidUrl",
             Error::Unreachable(_) => "Unreachable",
+            Error::Tls(_) => "Tls",
+            Error::Unauthorized(_) => "Unauthorized",
+            Error::Forbidden(_) => "Forbidden",
             Error::VersionMismatch(_) => "VersionMismatch",
             Error::Protocol(_) => "Protocol",
             Error::ServerRefused { .. } => "ServerRefused",
@@ -73,6 +89,15 @@ impl Error {
         Error::Replica {
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl From<tandem_core::Error> for Error {
+    fn from(e: tandem_core::Error) -> Self {
+        match e {
+            tandem_core::Error::Forbidden(f) => Error::Forbidden(f),
+            other => Error::BadInput(other),
         }
     }
 }

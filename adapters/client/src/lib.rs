@@ -26,10 +26,13 @@ mod replica;
 mod runtime;
 mod scene;
 mod session;
+mod tls;
 mod url;
 
 pub use error::{Error, Result};
-pub use scene::{Presence, Scene};
-pub use session::{ChatLine, ConnectionState, Options, Session, Stats, room_scene_id};
-pub use tandem_core::{DiffReport, Node, NodeId, SceneEvent, SceneSnapshot, UserId, Value};
+pub use scene::{Presence, Refusal, Scene};
+pub use session::{ChatLine, ClientEvent, ConnectionState, Options, Session, Stats, room_scene_id};
+pub use tandem_core::{
+    DiffReport, Forbidden, Node, NodeId, Role, SceneEvent, SceneSnapshot, UserId, Value,
+};
 pub use url::{ServerUrl, valid_room_name};

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use automerge::sync;
 use automerge::{ChangeHash, ReadDoc};
 use tandem_core::wire::DocumentId;
-use tandem_core::{DiffReport, Node, NodeId, SceneDoc, SceneEvent, SceneSnapshot, UserId};
+use tandem_core::{
+    DiffReport, Forbidden, Node, NodeId, SceneDoc, SceneEvent, SceneSnapshot, UserId,
+};
 
 use crate::connection::Cmd;
 use crate::error::{Error, Result};
@@ -24,6 +26,28 @@ pub struct Presence {
     /// Whatever it published (selection, camera, frame...), as JSON.
     pub state: serde_json::Value,
 }
+
+/// An edit the rules refused: left out of a diff by this replica, or refused by the server
+/// (then undone here; see [`ClientEvent::Refused`](crate::ClientEvent::Refused)).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// The node, if the refusal names one.
+    pub node: Option<NodeId>,
+    /// The parm, when the refused field is a parm.
+    pub parm: Option<String>,
+    /// The refused field (`parm:<name>`, `name`, `owner`, ...), if named.
+    pub field: Option<String>,
+    /// The rule, in words (`locked by alice`).
+    pub rule: String,
+    /// The whole message, for display.
+    pub message: String,
+    /// True when the server refused it (the edit had been committed and was undone).
+    pub by_server: bool,
+}
+
+/// Refusals kept for the host at most; older ones are dropped (a host that never drains
+/// them must not grow without bound).
+const MAX_REFUSALS: usize = 1000;
 
 pub(crate) struct PeerPresence {
     pub(crate) user: String,
@@ -61,6 +85,10 @@ pub(crate) struct DocInner {
     pub(crate) others: BTreeMap<String, PeerPresence>,
     /// Sync state or acks changed since `sync.state` was written.
     pub(crate) state_dirty: bool,
+    /// Refusals not drained by the host yet.
+    pub(crate) refusals: VecDeque<Refusal>,
+    /// Request ids below this were sent before the last rebase after a refusal.
+    pub(crate) rebase_epoch: u64,
 }
 
 /// An open document, shared by the host's handles and the network task.
@@ -102,6 +130,8 @@ impl DocShared {
             presence_count: 0,
             others: BTreeMap::new(),
             state_dirty: false,
+            refusals: VecDeque::new(),
+            rebase_epoch: 0,
         };
         if fresh {
             // Make the directory a replica at once (genesis), so a restart finds it.
@@ -126,6 +156,33 @@ impl DocShared {
 }
 
 impl DocInner {
+    pub(crate) fn push_refusal(&mut self, f: &Forbidden, message: &str, by_server: bool) {
+        if self.refusals.len() >= MAX_REFUSALS {
+            self.refusals.pop_front();
+        }
+        self.refusals.push_back(Refusal {
+            node: f.node,
+            parm: f
+                .field
+                .as_deref()
+                .and_then(|p| p.strip_prefix("parm:"))
+                .map(str::to_owned),
+            field: f.field.clone(),
+            rule: f.rule.clone(),
+            message: message.to_owned(),
+            by_server,
+        });
+    }
+
+    fn note_local_refusals(&mut self, report: &DiffReport) {
+        if report.refused == 0 {
+            return;
+        }
+        for f in self.scene.refusals().to_vec() {
+            self.push_refusal(&f, &f.to_string(), false);
+        }
+    }
+
     /// Commits pending edits and appends the change to the log.
     pub(crate) fn commit_logged(&mut self, message: Option<&str>) -> Result<Option<ChangeHash>> {
         let hash = self.scene.commit(message)?;
@@ -237,13 +294,68 @@ impl Scene {
 
     /// Diffs the host's complete state in: nodes absent from `nodes` are removed. Only what
     /// differs is recorded; call [`commit`](Self::commit) to make it a change.
+    /// Edits the rules refuse this user (by the role the server announced and the locks and
+    /// grants in the scene) are left out, counted in `DiffReport::refused` and listed by
+    /// [`refusals`](Self::refusals).
     pub fn diff_full(&self, nodes: &[Node]) -> Result<DiffReport> {
-        Ok(self.doc.lock().scene.diff_full(nodes, now_ms())?)
+        let mut i = self.doc.lock();
+        let r = i.scene.diff_full(nodes, now_ms())?;
+        i.note_local_refusals(&r);
+        Ok(r)
     }
 
-    /// Diffs the nodes the host reports as changed and removes `removed`.
+    /// Diffs the nodes the host reports as changed and removes `removed` (refused edits as
+    /// in [`diff_full`](Self::diff_full)).
     pub fn diff_nodes(&self, nodes: &[Node], removed: &[NodeId]) -> Result<DiffReport> {
-        Ok(self.doc.lock().scene.diff_nodes(nodes, removed, now_ms())?)
+        let mut i = self.doc.lock();
+        let r = i.scene.diff_nodes(nodes, removed, now_ms())?;
+        i.note_local_refusals(&r);
+        Ok(r)
+    }
+
+    /// Edits the rules refused since the last call, oldest first: left out of a diff here,
+    /// or refused by the server and undone (scene events for that are queued). For the
+    /// host to show; at most the last 1000 are kept.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.doc.lock().refusals.drain(..).collect()
+    }
+
+    /// Locks `node` for this user (with `subtree`, every node under it too): others'
+    /// edits to it are refused until [`unlock`](Self::unlock). Only the node's owner or an
+    /// admin may; otherwise [`Error::Forbidden`]. Pending edits are committed first.
+    pub fn lock(&self, node: NodeId, subtree: bool) -> Result<()> {
+        self.write_rules(|scene, role| scene.lock(node, subtree, role, now_ms()))
+    }
+
+    /// Removes the lock on `node` (the holder, the owner or an admin may).
+    pub fn unlock(&self, node: NodeId) -> Result<()> {
+        self.write_rules(|scene, role| scene.unlock(node, role, now_ms()))
+    }
+
+    /// Gives `users` sole control of `parm` on `node`; an empty list removes the grant.
+    /// Only the node's owner or an admin may.
+    pub fn grant(&self, node: NodeId, parm: &str, users: &[&str]) -> Result<()> {
+        let users: Vec<UserId> = users
+            .iter()
+            .map(|u| UserId::new(*u).map_err(|e| Error::InvalidArgument(e.to_string())))
+            .collect::<Result<_>>()?;
+        self.write_rules(|scene, role| scene.grant(node, parm, &users, role, now_ms()))
+    }
+
+    fn write_rules(
+        &self,
+        f: impl FnOnce(&mut SceneDoc, tandem_core::Role) -> tandem_core::Result<()>,
+    ) -> Result<()> {
+        let mut i = self.doc.lock();
+        let before = i.scene.heads();
+        let role = i.scene.role();
+        f(&mut i.scene, role)?;
+        i.log_since(&before)?;
+        i.ask_first = false;
+        i.saved = false;
+        drop(i);
+        self.session.send(Cmd::Flush(self.doc.id.clone()));
+        Ok(())
     }
 
     /// True when diffs recorded edits not yet committed.

@@ -1,13 +1,13 @@
 //! [`Session`]: one server, one room, one WebSocket, any number of open scenes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tandem_core::UserId;
 use tandem_core::wire::{DocumentId, PeerId};
+use tandem_core::{NodeId, Role, UserId};
 use tokio::sync::mpsc;
 
 use crate::connection::{self, Cmd};
@@ -21,8 +21,13 @@ use crate::url::ServerUrl;
 pub struct Options {
     /// Where local replicas live (`<dir>/<room>/<doc>/`). One process per directory.
     pub replica_dir: PathBuf,
-    /// Access token sent in the handshake (reserved for auth).
+    /// Access token sent in the handshake (`tandem token create`); needed when the server
+    /// has users.
     pub token: Option<String>,
+    /// An extra PEM file of certificates to trust for `wss://` (a studio CA, or a
+    /// self-signed server certificate), on top of the public CAs and the system's trust
+    /// store. `None`: the `TANDEM_CA_CERT` environment variable, if set.
+    pub ca_cert: Option<PathBuf>,
     /// Deadline for TCP + WebSocket + join handshake.
     pub connect_timeout: Duration,
     /// First reconnect delay.
@@ -50,6 +55,7 @@ impl Options {
         Self {
             replica_dir: replica_dir.into(),
             token: None,
+            ca_cert: None,
             connect_timeout: Duration::from_secs(5),
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(10),
@@ -75,6 +81,9 @@ pub enum ConnectionState {
     Offline,
     /// The server speaks an incompatible protocol; no retries until [`Session::reconnect`].
     Incompatible,
+    /// The server refused this session's token, or its TLS certificate is not trusted; no
+    /// retries until [`Session::reconnect`] (see [`Session::wait_connected`]'s error).
+    Refused,
     /// [`Session::close`] was called.
     Closed,
 }
@@ -87,6 +96,7 @@ impl ConnectionState {
             ConnectionState::Connected => "connected",
             ConnectionState::Offline => "offline",
             ConnectionState::Incompatible => "incompatible",
+            ConnectionState::Refused => "refused",
             ConnectionState::Closed => "closed",
         }
     }
@@ -103,6 +113,42 @@ pub struct ChatLine {
     pub text: String,
     /// Milliseconds since the epoch (server clock).
     pub timestamp: u64,
+}
+
+/// Something the session tells the host that is not a scene edit: show it to the user.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The server refused changes of scene `doc`. The replica was put back in line with
+    /// what the server holds: scene events undoing the refused edits are queued on that
+    /// scene, and the user's legal edits are sent again.
+    Refused {
+        /// The scene (document id).
+        doc: String,
+        /// The node the refused change touched, if the server named one.
+        node: Option<NodeId>,
+        /// The parm, when the refused field is a parm.
+        parm: Option<String>,
+        /// The refused field (`parm:<name>`, `name`, `owner`, ...), if named.
+        field: Option<String>,
+        /// The rule, in words (`locked by alice`, `viewers cannot edit`).
+        rule: String,
+        /// The server's whole message.
+        message: String,
+    },
+    /// The session stopped reconnecting: `kind` is the error's name (`Unauthorized`,
+    /// `Tls`, `VersionMismatch`, `Protocol`); [`Session::reconnect`] tries again.
+    Stopped {
+        /// The error kind.
+        kind: &'static str,
+        /// What the server or the TLS layer said.
+        message: String,
+    },
+    /// The server told this session its role in the room; local checks now use it.
+    Role {
+        /// The role.
+        role: Role,
+    },
 }
 
 /// Traffic counters (bytes are WebSocket payload bytes).
@@ -157,6 +203,12 @@ pub(crate) struct SessionShared {
     pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
     pub(crate) next_request: AtomicU64,
     pub(crate) counters: Counters,
+    /// The TLS configuration, for `wss://` sessions.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The role the server last announced.
+    pub(crate) role: Mutex<Option<Role>>,
+    pub(crate) events: Mutex<VecDeque<ClientEvent>>,
+    pub(crate) events_cv: Condvar,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -196,6 +248,23 @@ impl SessionShared {
         self.next_request.fetch_add(1, Relaxed)
     }
 
+    pub(crate) fn push_event(&self, e: ClientEvent) {
+        lock(&self.events).push_back(e);
+        self.events_cv.notify_all();
+    }
+
+    /// Applies the role the server announced to every open scene (and to scenes opened
+    /// later).
+    pub(crate) fn set_role(&self, role: Role) {
+        let changed = lock(&self.role).replace(role) != Some(role);
+        for d in self.open_docs() {
+            d.lock().scene.set_role(role);
+        }
+        if changed {
+            self.push_event(ClientEvent::Role { role });
+        }
+    }
+
     pub(crate) fn send(&self, cmd: Cmd) {
         // A closed task simply drops commands; the replica on disk is what matters.
         let _ = self.cmd.send(cmd);
@@ -229,12 +298,12 @@ impl Session {
     /// background. Fails only on arguments that can never work (bad URL, bad user name).
     pub fn connect(url: &str, room: &str, user: &str, opts: Options) -> Result<Self> {
         let url = ServerUrl::parse(url, room)?;
-        if url.tls {
-            return Err(Error::InvalidUrl {
-                url: url.to_url(),
-                reason: "wss:// is not supported by this build yet (no TLS); use ws:// behind a TLS-terminating proxy".into(),
-            });
-        }
+        let tls = if url.tls {
+            let extra = crate::tls::extra_ca(opts.ca_cert.as_deref());
+            Some(crate::tls::client_config(extra.as_deref())?)
+        } else {
+            None
+        };
         let user = UserId::new(user).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(SessionShared {
@@ -255,6 +324,10 @@ impl Session {
             cmd: tx,
             next_request: AtomicU64::new(1),
             counters: Counters::default(),
+            tls,
+            role: Mutex::new(None),
+            events: Mutex::new(VecDeque::new()),
+            events_cv: Condvar::new(),
         });
         crate::runtime::handle().spawn(connection::run(shared.clone(), rx));
         Ok(Self { shared })
@@ -292,8 +365,39 @@ impl Session {
         }
     }
 
-    /// Blocks until connected. Fails with [`Error::VersionMismatch`]/[`Error::Protocol`] at
-    /// once if the server refused us, with [`Error::Unreachable`] when `timeout` passes.
+    /// The role the server announced for this session (`None` before the first connect).
+    pub fn role(&self) -> Option<Role> {
+        *lock(&self.shared.role)
+    }
+
+    /// Session events (refusals, a stop, the role) since the last call, oldest first.
+    pub fn drain_client_events(&self) -> Vec<ClientEvent> {
+        lock(&self.shared.events).drain(..).collect()
+    }
+
+    /// Blocks until a session event is queued or `timeout` passes, then drains.
+    pub fn wait_client_events(&self, timeout: Duration) -> Vec<ClientEvent> {
+        let deadline = Instant::now() + timeout;
+        let mut q = lock(&self.shared.events);
+        while q.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q = self
+                .shared
+                .events_cv
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        q.drain(..).collect()
+    }
+
+    /// Blocks until connected. Fails at once if the server refused us
+    /// ([`Error::VersionMismatch`], [`Error::Protocol`], [`Error::Unauthorized`]) or its
+    /// certificate is not trusted ([`Error::Tls`]); with [`Error::Unreachable`] when
+    /// `timeout` passes.
     pub fn wait_connected(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut s = lock(&self.shared.status);
@@ -301,9 +405,11 @@ impl Session {
             match s.state {
                 ConnectionState::Connected => return Ok(()),
                 ConnectionState::Closed => return Err(Error::Closed),
-                ConnectionState::Incompatible => {
+                ConnectionState::Incompatible | ConnectionState::Refused => {
                     return Err(match &s.fatal {
                         Some(Error::Protocol(m)) => Error::Protocol(m.clone()),
+                        Some(Error::Unauthorized(m)) => Error::Unauthorized(m.clone()),
+                        Some(Error::Tls(m)) => Error::Tls(m.clone()),
                         Some(e) => Error::VersionMismatch(e.to_string()),
                         None => Error::VersionMismatch(s.last_error.clone().unwrap_or_default()),
                     });
@@ -383,6 +489,9 @@ impl Session {
             self.shared.user.clone(),
             created,
         )?);
+        if let Some(role) = *lock(&self.shared.role) {
+            d.lock().scene.set_role(role);
+        }
         docs.insert(doc_id.clone(), d.clone());
         drop(docs);
         self.shared.send(Cmd::Open(doc_id));
@@ -445,7 +554,7 @@ impl Session {
     }
 
     /// Reconnects now: ends a deliberate disconnect, skips a pending backoff delay, and
-    /// retries after an incompatible-server refusal.
+    /// retries after a refusal (incompatible server, bad token, untrusted certificate).
     pub fn reconnect(&self) {
         self.shared.send(Cmd::Online(true));
     }

@@ -69,6 +69,24 @@ create_exception!(
     "An invalid argument."
 );
 create_exception!(_tandem, Closed, TandemError, "The session is closed.");
+create_exception!(
+    _tandem,
+    Unauthorized,
+    TandemError,
+    "The server refused the session's token (missing, unknown, expired, revoked or for another room); the session stopped retrying."
+);
+create_exception!(
+    _tandem,
+    Forbidden,
+    TandemError,
+    "The rules refuse this action (a viewer, a node locked by someone else, an owner-only action)."
+);
+create_exception!(
+    _tandem,
+    Tls,
+    TandemError,
+    "The TLS handshake failed (most often: the server's certificate is not trusted; pass ca_cert=)."
+);
 
 fn err(e: client::Error) -> PyErr {
     let msg = e.to_string();
@@ -82,6 +100,9 @@ fn err(e: client::Error) -> PyErr {
         client::Error::BadInput(_) => BadInput::new_err(msg),
         client::Error::InvalidArgument(_) => InvalidArgument::new_err(msg),
         client::Error::Closed => Closed::new_err(msg),
+        client::Error::Unauthorized(_) => Unauthorized::new_err(msg),
+        client::Error::Forbidden(_) => Forbidden::new_err(msg),
+        client::Error::Tls(_) => Tls::new_err(msg),
         other => TandemError::new_err(other.to_string()),
     }
 }
@@ -208,6 +229,58 @@ fn secs(t: f64) -> PyResult<Duration> {
     Ok(Duration::from_secs_f64(t))
 }
 
+fn node_id(id: &str) -> PyResult<client::NodeId> {
+    id.parse()
+        .map_err(|_| BadInput::new_err(format!("not a node id: {id:?}")))
+}
+
+fn client_event_dict(py: Python<'_>, e: &client::ClientEvent) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    match e {
+        client::ClientEvent::Refused {
+            doc,
+            node,
+            parm,
+            field,
+            rule,
+            message,
+        } => {
+            d.set_item("type", "Refused")?;
+            d.set_item("doc", doc)?;
+            d.set_item("node", node.map(|n| n.to_string()))?;
+            d.set_item("parm", parm)?;
+            d.set_item("field", field)?;
+            d.set_item("rule", rule)?;
+            d.set_item("message", message)?;
+        }
+        client::ClientEvent::Stopped { kind, message } => {
+            d.set_item("type", "Stopped")?;
+            d.set_item("kind", *kind)?;
+            d.set_item("message", message)?;
+        }
+        client::ClientEvent::Role { role } => {
+            d.set_item("type", "Role")?;
+            d.set_item("role", role.to_string())?;
+        }
+        other => {
+            d.set_item("type", "Other")?;
+            d.set_item("message", format!("{other:?}"))?;
+        }
+    }
+    Ok(d.into_any().unbind())
+}
+
+fn refusal_dict(py: Python<'_>, r: &client::Refusal) -> PyResult<Py<PyAny>> {
+    let d = PyDict::new(py);
+    d.set_item("node", r.node.map(|n| n.to_string()))?;
+    d.set_item("parm", &r.parm)?;
+    d.set_item("field", &r.field)?;
+    d.set_item("rule", &r.rule)?;
+    d.set_item("message", &r.message)?;
+    d.set_item("by_server", r.by_server)?;
+    Ok(d.into_any().unbind())
+}
+
 fn chat_dict(py: Python<'_>, l: &client::ChatLine) -> PyResult<Py<PyAny>> {
     let d = PyDict::new(py);
     d.set_item("id", l.id)?;
@@ -243,10 +316,39 @@ impl Session {
         self.inner.user().to_owned()
     }
 
-    /// ``"connecting"``, ``"connected"``, ``"offline"``, ``"incompatible"`` or ``"closed"``.
+    /// ``"connecting"``, ``"connected"``, ``"offline"``, ``"incompatible"``, ``"refused"``
+    /// (bad token or untrusted certificate: no retries until :meth:`reconnect`) or
+    /// ``"closed"``.
     #[getter]
     fn state(&self) -> &'static str {
         self.inner.state().as_str()
+    }
+
+    /// The role the server announced (``"admin"``, ``"editor"``, ``"viewer"``), or ``None``
+    /// before the first connection.
+    #[getter]
+    fn role(&self) -> Option<String> {
+        self.inner.role().map(|r| r.to_string())
+    }
+
+    /// Session events since the last call, oldest first, as dicts with a ``type``:
+    /// ``Refused`` (``doc``, ``node``, ``parm``, ``field``, ``rule``, ``message``: the server
+    /// refused an edit, which was undone), ``Stopped`` (``kind``: ``Unauthorized``, ``Tls``,
+    /// ...; ``message``: the session stopped reconnecting), ``Role`` (``role``).
+    fn drain_client_events(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        self.inner
+            .drain_client_events()
+            .iter()
+            .map(|e| client_event_dict(py, e))
+            .collect()
+    }
+
+    /// Blocks (GIL released) until a session event is queued or ``timeout``; then drains.
+    #[pyo3(signature = (timeout = 10.0))]
+    fn wait_client_events(&self, py: Python<'_>, timeout: f64) -> PyResult<Vec<Py<PyAny>>> {
+        let t = secs(timeout)?;
+        let ev = py.detach(|| self.inner.wait_client_events(t));
+        ev.iter().map(|e| client_event_dict(py, e)).collect()
     }
 
     /// The last connection problem, or ``None``.
@@ -270,7 +372,9 @@ impl Session {
     }
 
     /// Blocks (GIL released) until connected. Raises :class:`Unreachable` after
-    /// ``timeout`` seconds, :class:`VersionMismatch` at once if the server refused us.
+    /// ``timeout`` seconds; at once :class:`Unauthorized` for a refused token,
+    /// :class:`Tls` for an untrusted certificate, :class:`VersionMismatch` for an
+    /// incompatible server.
     #[pyo3(signature = (timeout = 10.0))]
     fn wait_connected(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let t = secs(timeout)?;
@@ -286,6 +390,7 @@ impl Session {
             "connected" => S::Connected,
             "offline" => S::Offline,
             "incompatible" => S::Incompatible,
+            "refused" => S::Refused,
             "closed" => S::Closed,
             other => return Err(PyValueError::new_err(format!("unknown state {other:?}"))),
         };
@@ -397,6 +502,7 @@ fn report<'py>(py: Python<'py>, r: client::DiffReport) -> PyResult<Bound<'py, Py
     d.set_item("created", r.created)?;
     d.set_item("removed", r.removed)?;
     d.set_item("changed", r.changed)?;
+    d.set_item("refused", r.refused)?;
     Ok(d)
 }
 
@@ -413,8 +519,9 @@ impl Scene {
     /// ``nodes`` is a list of node dicts (``id``, ``kind``, ``name``, ``parent``, ``parms``,
     /// ...), or a snapshot dict ``{"nodes": [...]}``. With ``full=True`` or a snapshot, nodes
     /// absent from ``nodes`` are removed; otherwise only the given nodes are compared and
-    /// the ids in ``removed`` are removed. Returns ``{"created", "removed", "changed"}``
-    /// counts; all zero means the host already matched the scene.
+    /// the ids in ``removed`` are removed. Returns ``{"created", "removed", "changed",
+    /// "refused"}`` counts; all zero means the host already matched the scene. Edits the
+    /// rules refuse this user are left out and listed by :meth:`refusals`.
     #[pyo3(signature = (nodes, removed = None, *, full = false))]
     fn diff<'py>(
         &self,
@@ -591,6 +698,40 @@ impl Scene {
         self.inner.last_error()
     }
 
+    /// Edits the rules refused since the last call, oldest first: dicts with ``node``,
+    /// ``parm``, ``field``, ``rule``, ``message`` and ``by_server`` (the server refused an
+    /// edit already committed; scene events undoing it are queued).
+    fn refusals(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        self.inner
+            .refusals()
+            .iter()
+            .map(|r| refusal_dict(py, r))
+            .collect()
+    }
+
+    /// Locks node ``id`` for this user (``subtree=True``: every node under it too). Raises
+    /// :class:`Forbidden` unless this user owns the node or is an admin.
+    #[pyo3(signature = (id, subtree = false))]
+    fn lock(&self, py: Python<'_>, id: &str, subtree: bool) -> PyResult<()> {
+        let id = node_id(id)?;
+        py.detach(|| self.inner.lock(id, subtree)).map_err(err)
+    }
+
+    /// Removes the lock on node ``id`` (its holder, the node's owner or an admin).
+    fn unlock(&self, py: Python<'_>, id: &str) -> PyResult<()> {
+        let id = node_id(id)?;
+        py.detach(|| self.inner.unlock(id)).map_err(err)
+    }
+
+    /// Gives ``users`` sole control of ``parm`` on node ``id`` (an empty list removes the
+    /// grant). Raises :class:`Forbidden` unless this user owns the node or is an admin.
+    fn grant(&self, py: Python<'_>, id: &str, parm: &str, users: Vec<String>) -> PyResult<()> {
+        let id = node_id(id)?;
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        py.detach(|| self.inner.grant(id, parm, &users))
+            .map_err(err)
+    }
+
     /// Writes a compacted snapshot of the replica now.
     fn flush_replica(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.inner.flush_replica()).map_err(err)
@@ -605,10 +746,12 @@ impl Scene {
     }
 }
 
-/// Connects to ``url`` (``ws://host:port``) for ``room`` as ``user``, keeping replicas in
-/// ``replica_dir``. Returns at once; see :meth:`Session.wait_connected`.
+/// Connects to ``url`` (``ws://host:port`` or ``wss://``) for ``room`` as ``user``, keeping
+/// replicas in ``replica_dir``. ``ca_cert``: a PEM file of extra certificates to trust for
+/// ``wss://`` (default: ``$TANDEM_CA_CERT``). Returns at once; see
+/// :meth:`Session.wait_connected`.
 #[pyfunction]
-#[pyo3(signature = (url, room, user, replica_dir, *, token = None, backoff_base = 0.25, backoff_max = 10.0, connect_timeout = 5.0))]
+#[pyo3(signature = (url, room, user, replica_dir, *, token = None, ca_cert = None, backoff_base = 0.25, backoff_max = 10.0, connect_timeout = 5.0))]
 #[allow(clippy::too_many_arguments)]
 fn connect(
     py: Python<'_>,
@@ -617,12 +760,14 @@ fn connect(
     user: &str,
     replica_dir: std::path::PathBuf,
     token: Option<String>,
+    ca_cert: Option<std::path::PathBuf>,
     backoff_base: f64,
     backoff_max: f64,
     connect_timeout: f64,
 ) -> PyResult<Session> {
     let mut o = client::Options::new(replica_dir);
     o.token = token;
+    o.ca_cert = ca_cert;
     o.backoff_base = secs(backoff_base)?;
     o.backoff_max = secs(backoff_max)?;
     o.connect_timeout = secs(connect_timeout)?;
@@ -655,6 +800,9 @@ fn _tandem(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BadInput", py.get_type::<BadInput>())?;
     m.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
     m.add("Closed", py.get_type::<Closed>())?;
+    m.add("Unauthorized", py.get_type::<Unauthorized>())?;
+    m.add("Forbidden", py.get_type::<Forbidden>())?;
+    m.add("Tls", py.get_type::<Tls>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

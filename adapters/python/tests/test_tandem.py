@@ -129,7 +129,7 @@ def test_remote_change_applied_and_rediffed_is_no_op(server, tmp_path):
     assert sb.wait_heads(sa.heads, T)
     apply_events(host, sb.drain_events())
     report = sb.diff(list(host.values()), full=True)
-    assert report == {"created": 0, "removed": 0, "changed": 0}
+    assert report == {"created": 0, "removed": 0, "changed": 0, "refused": 0}
     assert not sb.has_pending
     assert sb.commit() is None
     assert sorted(n["name"] for n in host.values()) == ["child2", "extra", "parent"]

@@ -7,7 +7,7 @@
 //! | type | fields | meaning |
 //! |---|---|---|
 //! | `tandem-ack` | `documentId`, `heads` (hex change hashes), `requestId?` | every change in the history of `heads` is fsync'd on the server |
-//! | `tandem-error` | `code`, `message`, `documentId?`, `requestId?` | a request failed; `code` is one of [`ErrorCode`] |
+//! | `tandem-error` | `code`, `message`, `documentId?`, `requestId?`, `node?`, `field?`, `rule?` | a request failed; `code` is one of [`ErrorCode`]; a `forbidden` refusal names the node, field and rule |
 //! | `tandem-chat` | `text`, `user?`, `id?`, `timestamp?`, `requestId?` | a chat line of the room (persisted) |
 //!
 //! Any request may carry `requestId` (an unsigned integer); answers echo it. Presence uses
@@ -168,9 +168,33 @@ pub struct TandemError {
     pub document_id: Option<DocumentId>,
     /// The `requestId` of the failed request, if it had one.
     pub request_id: Option<u64>,
+    /// For `forbidden`: the node the refused change touched (a UUID), if any.
+    pub node: Option<String>,
+    /// For `forbidden`: the field (`parm:<name>`, `name`, `owner`, ...), if any.
+    pub field: Option<String>,
+    /// For `forbidden`: the rule that refused it, in words (`locked by alice`).
+    pub rule: Option<String>,
 }
 
 impl TandemError {
+    /// An error with no refusal details.
+    pub fn new(
+        code: ErrorCode,
+        message: impl Into<String>,
+        document_id: Option<DocumentId>,
+        request_id: Option<u64>,
+    ) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            document_id,
+            request_id,
+            node: None,
+            field: None,
+            rule: None,
+        }
+    }
+
     /// Wire type.
     pub const KIND: &'static str = "tandem-error";
 
@@ -185,17 +209,28 @@ impl TandemError {
                 None => None,
             },
             request_id: f.opt_u64("requestId")?,
+            node: f.opt_str("node")?,
+            field: f.opt_str("field")?,
+            rule: f.opt_str("rule")?,
         })
     }
 
     pub(crate) fn encode(&self, b: MapBuilder) -> Value {
-        let b = b
+        let mut b = b
             .str("code", self.code.as_str())
             .str("message", &self.message);
-        let b = match &self.document_id {
-            Some(d) => b.str("documentId", d.as_str()),
-            None => b,
-        };
+        if let Some(d) = &self.document_id {
+            b = b.str("documentId", d.as_str());
+        }
+        for (k, v) in [
+            ("node", &self.node),
+            ("field", &self.field),
+            ("rule", &self.rule),
+        ] {
+            if let Some(v) = v {
+                b = b.str(k, v);
+            }
+        }
         b.opt_u64("requestId", self.request_id).build()
     }
 }

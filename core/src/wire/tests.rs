@@ -84,11 +84,22 @@ fn samples() -> Vec<Message> {
             heads: vec!["ab".into()],
             request_id: Some(1),
         }),
+        Message::TandemError(TandemError::new(
+            ErrorCode::TooLarge,
+            "frame too large",
+            Some(doc.clone()),
+            None,
+        )),
         Message::TandemError(TandemError {
-            code: ErrorCode::TooLarge,
-            message: "frame too large".into(),
-            document_id: Some(doc),
-            request_id: None,
+            node: Some("6f1c0e4e-0000-4000-8000-000000000001".into()),
+            field: Some("parm:x".into()),
+            rule: Some("locked by alice".into()),
+            ..TandemError::new(
+                ErrorCode::Forbidden,
+                "x of node 6f1c...: locked by alice",
+                Some(doc),
+                Some(7),
+            )
         }),
         Message::TandemChat(ChatMessage {
             id: Some(1),

@@ -133,12 +133,12 @@ pub fn accept_join(
         Err(why) => {
             let reason = why.to_string();
             let message = if hello.is_some() {
-                Message::TandemError(TandemError {
-                    code: ErrorCode::Unauthorized,
-                    message: reason.clone(),
-                    document_id: None,
-                    request_id: None,
-                })
+                Message::TandemError(TandemError::new(
+                    ErrorCode::Unauthorized,
+                    reason.clone(),
+                    None,
+                    None,
+                ))
             } else {
                 Message::Error {
                     message: format!("{}: {reason}", ErrorCode::Unauthorized.as_str()),

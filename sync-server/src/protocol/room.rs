@@ -275,21 +275,83 @@ fn anonymous() -> UserId {
     UserId::new("anonymous".to_owned()).unwrap_or_else(|_| unreachable!("a valid user id"))
 }
 
-/// The changes a sync message carries that `doc` does not have yet, in order. A chunk is a
-/// change, or (automerge's "whole document" shortcut) a saved document.
+/// The changes a sync message carries that `doc` does not have yet, in order. A message
+/// chunk holds one or more storage chunks back to back (automerge's V2 sync messages
+/// concatenate the changes they carry): changes, compressed changes, bundles, or a whole
+/// saved document (automerge's "send everything" shortcut).
 fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     for chunk in chunks.iter() {
-        match Change::try_from(chunk) {
-            Ok(c) => out.push(c),
-            Err(_) => {
-                let whole =
-                    Automerge::load(chunk).map_err(|e| format!("undecodable change chunk: {e}"))?;
-                out.extend(whole.get_changes(&[]));
+        for (kind, piece) in storage_chunks(chunk)? {
+            match kind {
+                CHUNK_DOCUMENT => {
+                    let whole = Automerge::load(piece)
+                        .map_err(|e| format!("undecodable document chunk: {e}"))?;
+                    out.extend(whole.get_changes(&[]));
+                }
+                CHUNK_BUNDLE => {
+                    let bundle = automerge::Bundle::try_from(piece)
+                        .map_err(|e| format!("undecodable bundle chunk: {e}"))?;
+                    out.extend(
+                        bundle
+                            .to_changes()
+                            .map_err(|e| format!("undecodable bundle chunk: {e}"))?,
+                    );
+                }
+                _ => out.push(
+                    Change::try_from(piece)
+                        .map_err(|e| format!("undecodable change chunk: {e}"))?,
+                ),
             }
         }
     }
     out.retain(|c| doc.get_change_by_hash(&c.hash()).is_none());
+    Ok(out)
+}
+
+/// Automerge storage chunk types (the byte after the magic bytes and the checksum).
+const CHUNK_DOCUMENT: u8 = 0;
+const CHUNK_BUNDLE: u8 = 3;
+const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+
+/// Splits bytes into the storage chunks they hold back to back: `(type, chunk bytes)`.
+/// Untrusted input: every length is checked, nothing panics.
+fn storage_chunks(mut bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let bad = |why: &str| Err(format!("undecodable change chunk: {why}"));
+        if bytes.len() < 9 || bytes[..4] != MAGIC {
+            return bad("bad chunk header");
+        }
+        let kind = bytes[8];
+        if kind > CHUNK_BUNDLE {
+            return bad("unknown chunk type");
+        }
+        let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
+        loop {
+            let Some(&b) = bytes.get(at) else {
+                return bad("truncated chunk length");
+            };
+            at += 1;
+            if shift > 63 {
+                return bad("chunk length too large");
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|&e| e <= bytes.len());
+        let Some(end) = end else {
+            return bad("chunk longer than the message");
+        };
+        out.push((kind, &bytes[..end]));
+        bytes = &bytes[end..];
+    }
     Ok(out)
 }
 
@@ -442,22 +504,19 @@ impl Room {
         doc: Option<DocumentId>,
         request_id: Option<u64>,
     ) {
-        tracing::info!(room = %self.name, %conn, code = code.as_str(), %message, "refusing a message");
+        self.fail_with(conn, TandemError::new(code, message, doc, request_id));
+    }
+
+    fn fail_with(&mut self, conn: ConnId, error: TandemError) {
+        tracing::info!(room = %self.name, %conn, code = error.code.as_str(), message = %error.message, "refusing a message");
         if self.is_tandem(conn) {
-            self.send(
-                conn,
-                Message::TandemError(TandemError {
-                    code,
-                    message,
-                    document_id: doc,
-                    request_id,
-                }),
-            );
+            self.send(conn, Message::TandemError(error));
         } else {
+            let code = error.code;
             self.send(
                 conn,
                 Message::Error {
-                    message: format!("{}: {message}", code.as_str()),
+                    message: format!("{}: {}", code.as_str(), error.message),
                 },
             );
             self.out.push(Output::Close {
@@ -605,12 +664,12 @@ impl Room {
                 if request_id.is_some() && self.is_tandem(conn) {
                     self.send(
                         conn,
-                        Message::TandemError(TandemError {
-                            code: ErrorCode::UnknownDoc,
-                            message: "no such document in this room".into(),
-                            document_id: Some(doc_id),
+                        Message::TandemError(TandemError::new(
+                            ErrorCode::UnknownDoc,
+                            "no such document in this room",
+                            Some(doc_id),
                             request_id,
-                        }),
+                        )),
                     );
                 }
                 return;
@@ -652,18 +711,33 @@ impl Room {
                         .unwrap_or_else(anonymous);
                     ds.rules
                         .check(&ds.doc, &changes, &user, role)
-                        .map_err(|f| (ErrorCode::Forbidden, f.to_string()))
+                        .map_err(|f| TandemError {
+                            node: f.node.map(|n| n.to_string()),
+                            field: f.field.clone(),
+                            rule: Some(f.rule.clone()),
+                            ..TandemError::new(
+                                ErrorCode::Forbidden,
+                                f.to_string(),
+                                Some(doc_id.clone()),
+                                request_id,
+                            )
+                        })
                 }
-                Err(e) => Err((ErrorCode::BadMessage, e)),
+                Err(e) => Err(TandemError::new(
+                    ErrorCode::BadMessage,
+                    e,
+                    Some(doc_id.clone()),
+                    request_id,
+                )),
             };
-            if let Err((code, message)) = verdict {
+            if let Err(error) = verdict {
                 // Forget what this peer's sync state assumed so neither side waits on the
                 // refused changes; the peer restarts sync with its next message. Nothing is
                 // sent unprompted, so a client that keeps resending spins only itself.
                 ds.syncs.insert(conn, sync::State::new());
                 ds.rules = RuleChecker::new();
                 self.dirty.remove(&(doc_id.clone(), conn));
-                return self.fail(conn, code, message, Some(doc_id), request_id);
+                return self.fail_with(conn, error);
             }
         }
         let before = ds.doc.get_heads();
@@ -866,5 +940,48 @@ impl Room {
         let before = self.docs.len();
         self.docs.retain(|_, d| !d.syncs.is_empty());
         before - self.docs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+
+    use super::*;
+
+    /// Regression: automerge's V2 sync messages carry several changes concatenated in one
+    /// chunk; reading only the first (or loading them as a document) refused every editor's
+    /// batch of more than one change as `bad_message`.
+    #[test]
+    fn concatenated_changes_in_one_chunk_are_all_read() {
+        let mut a = AutoCommit::new();
+        a.put(ROOT, "x", 1).unwrap();
+        a.commit();
+        let server = Automerge::load(&a.save()).unwrap();
+        a.put(ROOT, "x", 2).unwrap();
+        a.commit();
+        a.put(ROOT, "y", 3).unwrap();
+        a.commit();
+        let new: Vec<Change> = a.get_changes(&server.get_heads()).into_iter().collect();
+        let mut joined = Vec::new();
+        for c in &new {
+            joined.extend_from_slice(c.raw_bytes());
+        }
+        let got = incoming_changes(&server, &sync::ChunkList::from(joined.clone())).unwrap();
+        let hashes: Vec<ChangeHash> = got.iter().map(Change::hash).collect();
+        assert_eq!(hashes, new.iter().map(Change::hash).collect::<Vec<_>>());
+        // A whole saved document: only what the server lacks.
+        let got = incoming_changes(&server, &sync::ChunkList::from(a.save())).unwrap();
+        assert_eq!(got.len(), 2);
+        // Damaged input is an error, never a panic.
+        for cut in [1, 5, 9, 10, joined.len() - 1] {
+            let _ = incoming_changes(&server, &sync::ChunkList::from(joined[..cut].to_vec()));
+        }
+        let mut huge = joined.clone();
+        huge[9] = 0xff;
+        huge.splice(10..10, [0xff; 12]);
+        assert!(incoming_changes(&server, &sync::ChunkList::from(huge)).is_err());
+        assert!(incoming_changes(&server, &sync::ChunkList::from(vec![0u8; 20])).is_err());
     }
 }

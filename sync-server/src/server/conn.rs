@@ -13,7 +13,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -23,11 +22,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tracing::Instrument;
 
 use super::room_task::{ConnOut, RoomCmd};
+use super::tls::Stream;
 use super::{Shared, next_conn_id};
 use crate::protocol::close_code;
 use crate::protocol::handshake::accept_join;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Stream>;
 
 async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
     let frame = CloseFrame {
@@ -45,7 +45,7 @@ async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
 /// Serve a connection whose HTTP upgrade has been answered.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     leftover: Vec<u8>,
     room: String,
     token: Option<String>,
@@ -65,7 +65,7 @@ pub(crate) async fn serve(
 
 async fn serve_inner(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     leftover: Vec<u8>,
     room_name: String,
     token: Option<String>,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::tls::Stream;
 use super::{Shared, api, conn};
 
 /// A parsed request head.
@@ -38,7 +38,7 @@ impl Request {
 }
 
 /// Read until the end of the head. Returns the head and any bytes after it.
-async fn read_head(stream: &mut TcpStream, max: usize) -> Result<(Request, Vec<u8>), u16> {
+async fn read_head(stream: &mut Stream, max: usize) -> Result<(Request, Vec<u8>), u16> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
@@ -122,7 +122,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Write a complete HTTP/1.1 response and close.
-pub(crate) async fn respond(stream: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
+pub(crate) async fn respond(stream: &mut Stream, status: u16, content_type: &str, body: &[u8]) {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -147,14 +147,27 @@ pub(crate) async fn respond(stream: &mut TcpStream, status: u16, content_type: &
     let _ = stream.shutdown().await;
 }
 
-/// Handle one accepted TCP connection.
-pub(crate) async fn handle_tcp(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+/// Handle one accepted TCP connection: the TLS handshake first when TLS is on, then the
+/// request. The deadline covers both.
+pub(crate) async fn handle_tcp(shared: Arc<Shared>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
     let cfg = &shared.config;
-    let head = tokio::time::timeout(
-        cfg.handshake_timeout,
-        read_head(&mut stream, cfg.max_request_head_bytes),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+    let mut stream = match &shared.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake deadline passed");
+                return;
+            }
+        },
+    };
+    let head =
+        tokio::time::timeout_at(deadline, read_head(&mut stream, cfg.max_request_head_bytes)).await;
     let (req, leftover) = match head {
         Ok(Ok(r)) => r,
         Ok(Err(status)) => {
@@ -271,11 +284,7 @@ pub(crate) async fn handle_tcp(shared: Arc<Shared>, mut stream: TcpStream, peer:
 const MAX_BODY: usize = 1 << 20;
 
 /// Read a `Content-Length` body (no chunked encoding) after the head.
-async fn read_body(
-    stream: &mut TcpStream,
-    req: &Request,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, u16> {
+async fn read_body(stream: &mut Stream, req: &Request, mut buf: Vec<u8>) -> Result<Vec<u8>, u16> {
     let len: usize = match req.header("content-length") {
         Some(v) => v.trim().parse().map_err(|_| 400u16)?,
         None if req.header("transfer-encoding").is_some() => return Err(411),

@@ -6,6 +6,7 @@ mod conn;
 mod history_api;
 mod http;
 mod room_task;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +42,9 @@ pub enum ServerError {
     /// Opening the store failed.
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// No users are configured and the listen address is not loopback.
     #[error(
         "refusing to listen on {0} without authentication: add a user (`tandem user add`) or pass --insecure"
@@ -55,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) auth: Auth,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) identity: ServerIdentity,
+    /// Set when TLS is on: every accepted connection is a TLS connection.
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) rooms: Mutex<HashMap<String, RoomHandle>>,
     pub(crate) next_conn: AtomicU64,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -91,6 +97,15 @@ impl Server {
         let auth = tokio::task::spawn_blocking(move || Auth::open(&dir))
             .await
             .map_err(|e| StoreError::Commit(format!("auth open task failed: {e}")))??;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).map_err(ServerError::Tls)?),
+            (None, None) => None,
+            _ => {
+                return Err(ServerError::Tls(
+                    "give both a certificate (--tls-cert) and its private key (--tls-key)".into(),
+                ));
+            }
+        };
         let secured = auth.has_users()?;
         if secured {
             tracing::info!("authentication on: every connection needs a token");
@@ -105,6 +120,15 @@ impl Server {
             );
         } else {
             return Err(ServerError::Insecure(config.listen));
+        }
+        match (&config.tls_cert, &tls) {
+            (Some(cert), Some(_)) => tracing::info!(
+                cert = %cert.display(),
+                "TLS on: serving wss:// and https://"
+            ),
+            _ => tracing::info!(
+                "TLS off: serving plain ws:// and http:// (pass --tls-cert and --tls-key beyond a trusted LAN)"
+            ),
         }
         let listener =
             TcpListener::bind(config.listen)
@@ -126,6 +150,7 @@ impl Server {
                 auth,
                 metrics,
                 identity,
+                tls,
                 rooms: Mutex::new(HashMap::new()),
                 next_conn: AtomicU64::new(1),
                 shutdown,
@@ -152,7 +177,7 @@ impl Server {
             shared,
             shutdown_tx,
         } = self;
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), store = %shared.store.path().display(), "tandem server listening");
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), store = %shared.store.path().display(), tls = shared.tls.is_some(), "tandem server listening");
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {

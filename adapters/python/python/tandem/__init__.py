@@ -23,6 +23,7 @@ import os
 from ._tandem import (
     BadInput,
     Closed,
+    Forbidden,
     InvalidArgument,
     InvalidUrl,
     Protocol,
@@ -31,6 +32,8 @@ from ._tandem import (
     ServerRefused,
     Session,
     TandemError,
+    Tls,
+    Unauthorized,
     Unreachable,
     VersionMismatch,
     __version__,
@@ -53,6 +56,9 @@ __all__ = [
     "BadInput",
     "InvalidArgument",
     "Closed",
+    "Unauthorized",
+    "Forbidden",
+    "Tls",
     "__version__",
 ]
 
@@ -64,6 +70,7 @@ def connect(
     replica_dir: "str | os.PathLike[str]",
     *,
     token: "str | None" = None,
+    ca_cert: "str | os.PathLike[str] | None" = None,
     backoff_base: float = 0.25,
     backoff_max: float = 10.0,
     connect_timeout: float = 5.0,
@@ -75,16 +82,25 @@ def connect(
     ``backoff_base`` and ``backoff_max`` seconds). Scenes are replicated on disk under
     ``replica_dir`` (one process per directory), so edits made offline survive a restart.
 
-    Raises :class:`InvalidUrl` for a scheme other than ``ws://``/``wss://`` and
-    :class:`InvalidArgument` for a bad room or user name.
+    ``token`` is an access token (``tandem token create``), needed when the server has
+    users; a refused token stops the session (state ``"refused"``, :class:`Unauthorized`
+    from :meth:`Session.wait_connected`). For ``wss://``, ``ca_cert`` names a PEM file of
+    extra certificates to trust (a studio CA or the server's self-signed certificate;
+    default ``$TANDEM_CA_CERT``) on top of the public CAs and the system's trust store.
+
+    Raises :class:`InvalidUrl` for a scheme other than ``ws://``/``wss://``,
+    :class:`InvalidArgument` for a bad room or user name and :class:`Tls` for an unreadable
+    ``ca_cert``.
     """
     path = os.path.expanduser(os.fspath(replica_dir))
+    ca = None if ca_cert is None else os.path.expanduser(os.fspath(ca_cert))
     return _connect(
         url,
         room,
         user,
         path,
         token=token,
+        ca_cert=ca,
         backoff_base=backoff_base,
         backoff_max=backoff_max,
         connect_timeout=connect_timeout,
