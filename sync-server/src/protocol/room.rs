@@ -147,6 +147,8 @@ struct DocState {
     incremental_bytes: usize,
     /// The last whole-document save, for peers that join with nothing.
     saved: Option<SavedDoc>,
+    /// The heads each peer last received from us in a sync message (see `receive_sync`).
+    told: HashMap<ConnId, Vec<ChangeHash>>,
 }
 
 /// `Automerge::save` output and the heads it was taken at.
@@ -164,6 +166,7 @@ impl DocState {
             snapshot_bytes,
             incremental_bytes,
             saved: None,
+            told: HashMap::new(),
         }
     }
 }
@@ -471,6 +474,7 @@ impl Room {
             for d in state.docs {
                 if let Some(ds) = self.docs.get_mut(&d) {
                     ds.syncs.remove(&conn);
+                    ds.told.remove(&conn);
                 }
                 self.dirty.remove(&(d, conn));
             }
@@ -735,6 +739,7 @@ impl Room {
                 // refused changes; the peer restarts sync with its next message. Nothing is
                 // sent unprompted, so a client that keeps resending spins only itself.
                 ds.syncs.insert(conn, sync::State::new());
+                ds.told.remove(&conn);
                 ds.rules = RuleChecker::new();
                 self.dirty.remove(&(doc_id.clone(), conn));
                 return self.fail_with(conn, error);
@@ -764,6 +769,16 @@ impl Room {
                 Some(doc_id),
                 request_id,
             );
+        }
+        // A message without changes whose heads equal ours makes automerge record those heads
+        // as already sent to the peer, so it says nothing more. But a peer that pushed its
+        // last change in an earlier message has not heard from us that we hold it: it would
+        // wait forever believing we lag (its "synced" never turns true). Remember what we
+        // really told it, so the next flush answers with our heads.
+        if let (Some(state), Some(told)) = (ds.syncs.get_mut(&conn), ds.told.get(&conn)) {
+            if state.last_sent_heads != *told {
+                state.last_sent_heads.clone_from(told);
+            }
         }
         let after = ds.doc.get_heads();
         let changed = after != before;
@@ -818,6 +833,7 @@ impl Room {
                 None => ds.doc.generate_sync_message(state),
             };
             if let Some(msg) = msg {
+                ds.told.insert(conn, msg.heads.clone());
                 self.out.push(Output::Send {
                     conn,
                     message: Message::Sync(SyncMessage {
@@ -949,6 +965,104 @@ mod tests {
     use automerge::{AutoCommit, ROOT};
 
     use super::*;
+
+    struct NoStore;
+
+    impl DocSource for NoStore {
+        fn load(&mut self, _: &str, _: &DocumentId) -> Option<LoadedDoc> {
+            None
+        }
+    }
+
+    fn peer(name: &str) -> PeerInfo {
+        PeerInfo {
+            peer_id: PeerId::from(name),
+            user: Some(name.to_owned()),
+            role: Role::Admin,
+            tandem: false,
+            storage_id: None,
+        }
+    }
+
+    fn sync_frame(doc: &DocumentId, from: &str, m: sync::Message) -> Vec<u8> {
+        Message::Sync(SyncMessage {
+            sender_id: PeerId::from(from),
+            target_id: PeerId::from("server"),
+            document_id: doc.clone(),
+            data: m.encode(),
+            request_id: None,
+        })
+        .encode()
+    }
+
+    /// The heads of every sync message the room sent to `conn` since the last call.
+    fn heads_sent_to(room: &mut Room, conn: ConnId) -> Vec<Vec<ChangeHash>> {
+        room.take_outputs()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send {
+                    conn: c,
+                    message: Message::Sync(m),
+                } if c == conn => Some(sync::Message::decode(&m.data).unwrap().heads),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Regression (client `wait_synced` never true, about one run in ten): a peer pushed
+    /// its change, then — before the room flushed — sent a message without changes whose
+    /// heads equal the room's new heads. Automerge then records those heads as already sent
+    /// and the room never told the peer it holds the change.
+    #[test]
+    fn a_peer_hears_the_heads_it_pushed_even_when_its_next_message_matches_them() {
+        let mut room = Room::new("r", PeerId::from("server"), RoomLimits::default());
+        let doc_id = DocumentId::random();
+        let p = ConnId(1);
+        room.connect(p, peer("p"));
+
+        let mut local = AutoCommit::new();
+        local.put(ROOT, "base", 1).unwrap();
+        local.commit();
+        let mut state = sync::State::new();
+        let first = local.sync().generate_sync_message(&mut state).unwrap();
+        room.receive_frame(p, &sync_frame(&doc_id, "p", first), &mut NoStore);
+        room.flush();
+        let reply = room.take_outputs();
+        for o in reply {
+            if let Output::Send {
+                message: Message::Sync(m),
+                ..
+            } = o
+            {
+                let m = sync::Message::decode(&m.data).unwrap();
+                local.sync().receive_sync_message(&mut state, m).unwrap();
+            }
+        }
+        // Now the peer edits and pushes the change, then sends a follow-up without changes
+        // (as it does when answering a second message of the room), both before a flush.
+        local.put(ROOT, "x", 2).unwrap();
+        local.commit();
+        let push = local.sync().generate_sync_message(&mut state).unwrap();
+        assert!(!push.changes.is_empty());
+        let heads = local.get_heads();
+        let follow_up = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            have: push.have.clone(),
+            changes: sync::ChunkList::from(Vec::<Vec<u8>>::new()),
+            flags: push.flags,
+            version: push.version.clone(),
+        };
+        room.receive_frame(p, &sync_frame(&doc_id, "p", push), &mut NoStore);
+        room.receive_frame(p, &sync_frame(&doc_id, "p", follow_up), &mut NoStore);
+        room.flush();
+        let sent = heads_sent_to(&mut room, p);
+        assert_eq!(
+            sent.last(),
+            Some(&heads),
+            "the room must tell the peer it now holds its change (sent: {sent:?})"
+        );
+    }
 
     /// Regression: automerge's V2 sync messages carry several changes concatenated in one
     /// chunk; reading only the first (or loading them as a document) refused every editor's

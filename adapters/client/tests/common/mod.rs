@@ -42,7 +42,10 @@ impl Server {
         let mut child = Command::new(server_bin())
             .args(["serve", "--listen", listen, "--data"])
             .arg(data)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("TANDEM_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
