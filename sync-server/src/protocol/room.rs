@@ -775,10 +775,10 @@ impl Room {
         // last change in an earlier message has not heard from us that we hold it: it would
         // wait forever believing we lag (its "synced" never turns true). Remember what we
         // really told it, so the next flush answers with our heads.
-        if let (Some(state), Some(told)) = (ds.syncs.get_mut(&conn), ds.told.get(&conn)) {
-            if state.last_sent_heads != *told {
-                state.last_sent_heads.clone_from(told);
-            }
+        if let (Some(state), Some(told)) = (ds.syncs.get_mut(&conn), ds.told.get(&conn))
+            && state.last_sent_heads != *told
+        {
+            state.last_sent_heads.clone_from(told);
         }
         let after = ds.doc.get_heads();
         let changed = after != before;
