@@ -5,7 +5,7 @@
 //! Both paths produce the same JSON (see `tandem_server::history`); `--json` prints it,
 //! otherwise it is rendered as a table.
 
-use std::io::{Read as _, Write as _};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,7 +27,8 @@ pub(crate) struct Target {
     /// Document id [default: the room's scene].
     #[arg(long)]
     doc: Option<String>,
-    /// Server base URL (plain http) [default: http://127.0.0.1:7890].
+    /// Server base URL, http:// or https:// (trusting public CAs and the PEM in
+    /// TANDEM_CA_CERT) [default: http://127.0.0.1:7890].
     #[arg(long, env = "TANDEM_SERVER", conflicts_with = "data")]
     server: Option<String>,
     /// Read a stopped server's data directory directly (read-only commands).
@@ -382,24 +383,76 @@ fn enc(s: &str) -> String {
     out
 }
 
+/// A byte stream the CLI's HTTP client can use: TCP or TLS over TCP.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// The rustls configuration for `--server https://…`: Mozilla's public roots plus the PEM
+/// named by `TANDEM_CA_CERT` (a studio's own CA or a self-signed server certificate).
+fn tls_config() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = std::env::var_os("TANDEM_CA_CERT").filter(|p| !p.is_empty()) {
+        let path = std::path::PathBuf::from(path);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .with_context(|| format!("reading TANDEM_CA_CERT {}", path.display()))?;
+        if certs.is_empty() {
+            bail!(
+                "TANDEM_CA_CERT {}: no PEM certificate in it",
+                path.display()
+            );
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .with_context(|| format!("TANDEM_CA_CERT {}", path.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
 /// One HTTP/1.1 request, `Connection: close` (the server always answers with a
-/// Content-Length and closes). Plain http only.
+/// Content-Length and closes), over plain TCP or TLS.
 fn http(base: &str, method: &str, target: &str, body: Option<&Json>) -> anyhow::Result<Json> {
-    let rest = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("--server must be an http:// URL, got {base:?}"))?;
+    let (tls, rest) = if let Some(rest) = base.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        (false, rest)
+    } else {
+        bail!("--server must be an http:// or https:// URL, got {base:?}");
+    };
     let (hostport, base_path) = match rest.split_once('/') {
         Some((h, p)) => (h, format!("/{}", p.trim_end_matches('/'))),
         None => (rest, String::new()),
     };
-    let hostport = if hostport.contains(':') {
+    let host = match hostport.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => h,
+        _ => hostport,
+    };
+    let hostport = if host.len() < hostport.len() {
         hostport.to_owned()
     } else {
-        format!("{hostport}:80")
+        format!("{hostport}:{}", if tls { 443 } else { 80 })
     };
-    let mut stream = TcpStream::connect(&hostport)
+    let tcp = TcpStream::connect(&hostport)
         .with_context(|| format!("connecting to {hostport} (is `tandem serve` running?)"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut stream: Box<dyn ReadWrite> = if tls {
+        let name = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+        let conn = rustls::ClientConnection::new(tls_config()?, name)?;
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!(
         "{method} {base_path}{target} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\n"
@@ -412,9 +465,16 @@ fn http(base: &str, method: &str, target: &str, body: Option<&Json>) -> anyhow::
     }
     req.push_str("\r\n");
     req.push_str(&payload);
-    stream.write_all(req.as_bytes())?;
+    stream
+        .write_all(req.as_bytes())
+        .with_context(|| format!("sending to {base}"))?;
     let mut resp = Vec::new();
-    stream.read_to_end(&mut resp)?;
+    if let Err(e) = stream.read_to_end(&mut resp) {
+        // The server closes without close_notify; what arrived before is the answer.
+        if resp.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(e).with_context(|| format!("reading the answer from {base}"));
+        }
+    }
     let split = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

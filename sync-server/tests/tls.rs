@@ -145,6 +145,31 @@ fn two_clients_sync_over_wss_and_an_untrusting_client_fails_at_once() {
     snap_b.nodes.sort_by_key(|n| n.id);
     assert_eq!(snap_a, snap_b);
 
+    // History from the command line over https://, trusting the certificate through
+    // TANDEM_CA_CERT; without it the CLI says the certificate is not trusted.
+    let history = |ca: Option<&Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"));
+        cmd.args(["log", "--json", "--room", "shot", "--server"])
+            .arg(format!("https://127.0.0.1:{}", server.addr.port()))
+            .env_remove("TANDEM_CA_CERT");
+        if let Some(ca) = ca {
+            cmd.env("TANDEM_CA_CERT", ca);
+        }
+        cmd.output().unwrap()
+    };
+    let out = history(Some(&cert));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("add the cube"), "{stdout}");
+    let out = history(None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
     // A client that does not trust the certificate: a TLS error at once, no retry loop.
     let carol = Session::connect(&url, "shot", "carol", opts(&tmp.path().join("c"), None)).unwrap();
     let t0 = Instant::now();
