@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, ChangeHash, ROOT, ScalarValue, hydrate};
+use automerge::{AutoCommit, ChangeHash, ROOT, ReadDoc, ScalarValue, hydrate};
 use futures_util::{SinkExt, StreamExt};
 use tandem_core::wire::{
     DocumentId, Join, Message, PeerId, PeerMetadata, SyncMessage, TandemHello,
@@ -307,6 +307,17 @@ async fn run_client(
         }
     }
     let key = format!("bench-{}", c.peer);
+    // Edit the parms of one node of the scene, as an artist does (a node chosen from the
+    // peer name); the ack bench's empty document gets a key at the root instead. Writing
+    // every edit to one root key would make the root map's history grow with every edit
+    // and measure that, not the scene.
+    let target = {
+        let node_key = format!("n{}", c.peer.as_str().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 10_000);
+        doc.get(ROOT, "nodes")?
+            .and_then(|(_, nodes)| doc.get(&nodes, node_key.as_str()).ok().flatten())
+            .and_then(|(_, node)| doc.get(&node, "parms").ok().flatten())
+            .map(|(_, parms)| parms)
+    };
     loop {
         if stop.load(std::sync::atomic::Ordering::Relaxed) || (edits > 0 && acked >= edits) {
             return Ok(());
@@ -348,7 +359,10 @@ async fn run_client(
             }
             _ = tick.tick(), if done < edits => {
                 done += 1;
-                doc.put(ROOT, key.as_str(), done as f64 + 0.5)?;
+                match &target {
+                    Some(parms) => doc.put(parms, format!("p{}", done % 20), done as f64 + 0.5)?,
+                    None => doc.put(ROOT, key.as_str(), done as f64 + 0.5)?,
+                }
                 doc.commit();
                 let Some(change) = doc.get_last_local_change() else { continue };
                 let hash = change.hash();
