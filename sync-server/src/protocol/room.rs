@@ -174,13 +174,15 @@ fn anonymous() -> UserId {
     UserId::new("anonymous".to_owned()).unwrap_or_else(|_| unreachable!("a valid user id"))
 }
 
-/// The changes a sync message carries that `doc` does not have yet, in order. A chunk is a
-/// change, or (automerge's "whole document" shortcut) a saved document.
+/// The changes a sync message carries that `doc` does not have yet, in order. A chunk is
+/// one change, several changes concatenated (what automerge 0.12 sends once the other side
+/// speaks v2 sync messages: every change of a message in one chunk), or (automerge's "whole
+/// document" shortcut) a saved document.
 fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     for chunk in chunks.iter() {
-        match Change::try_from(chunk) {
-            Ok(c) => out.push(c),
+        match crate::store::split_changes(chunk) {
+            Ok(changes) => out.extend(changes),
             Err(_) => {
                 let whole =
                     Automerge::load(chunk).map_err(|e| format!("undecodable change chunk: {e}"))?;
