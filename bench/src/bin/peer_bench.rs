@@ -23,10 +23,16 @@ use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ChangeHash, ROOT, ReadDoc, ScalarValue, hydrate};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tandem_core::wire::{DocumentId, Join, Message, PeerId, PeerMetadata, SyncMessage, TandemHello};
+use tandem_core::wire::{
+    DocumentId, Join, Message, PeerId, PeerMetadata, SyncMessage, TandemHello,
+};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long after the last edit a probe still missing at B counts as late, and as lost.
+const LATE_AFTER: Duration = Duration::from_secs(5);
+const LOST_AFTER: Duration = Duration::from_secs(30);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -56,7 +62,11 @@ fn parse_args() -> Opts {
         cmd: vec![],
     };
     let mut it = std::env::args().skip(1);
-    let list = |s: String| s.split(',').filter_map(|x| x.parse().ok()).collect::<Vec<usize>>();
+    let list = |s: String| {
+        s.split(',')
+            .filter_map(|x| x.parse().ok())
+            .collect::<Vec<usize>>()
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--name" => o.name = it.next().unwrap_or_default(),
@@ -139,19 +149,16 @@ impl ServerProc {
 
     /// User + system CPU time of the server process (all threads), seconds.
     fn cpu(&self) -> f64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .unwrap_or_default();
-        let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // After the comm field: state is index 0, utime 11, stime 12 (clock ticks, 100 Hz).
-        let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
-        (t(11) + t(12)) / 100.0
+        proc_cpu(&self.child.id().to_string())
     }
 
     fn stop(mut self) {
         // The server stays in our process group, so `timeout` around this binary ends it too.
         let pid = self.child.id();
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -162,6 +169,21 @@ impl ServerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU time of this process (the clients), seconds.
+fn self_cpu() -> f64 {
+    proc_cpu("self")
+}
+
+/// User + system CPU time of process `pid` (all threads), seconds.
+fn proc_cpu(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm field: state is index 0, utime 11, stime 12 (clock ticks, 100 Hz).
+    let t = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
 }
 
 struct Conn {
@@ -191,7 +213,11 @@ async fn connect(url: &str, name: &str, tandem: bool) -> Res<Conn> {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {
             Some(Ok(WsMessage::Binary(b))) => {
                 if let Message::Peer(p) = tandem_core::wire::decode(&b)? {
-                    return Ok(Conn { ws, peer, server: p.sender_id });
+                    return Ok(Conn {
+                        ws,
+                        peer,
+                        server: p.sender_id,
+                    });
                 }
             }
             Some(Ok(_)) => continue,
@@ -200,7 +226,13 @@ async fn connect(url: &str, name: &str, tandem: bool) -> Res<Conn> {
     }
 }
 
-fn sync_frame(c: &Conn, doc: &DocumentId, data: Vec<u8>, request_id: Option<u64>, request: bool) -> WsMessage {
+fn sync_frame(
+    c: &Conn,
+    doc: &DocumentId,
+    data: Vec<u8>,
+    request_id: Option<u64>,
+    request: bool,
+) -> WsMessage {
     let m = SyncMessage {
         sender_id: c.peer.clone(),
         target_id: c.server.clone(),
@@ -208,7 +240,15 @@ fn sync_frame(c: &Conn, doc: &DocumentId, data: Vec<u8>, request_id: Option<u64>
         data,
         request_id,
     };
-    WsMessage::Binary(if request { Message::Request(m) } else { Message::Sync(m) }.encode().into())
+    WsMessage::Binary(
+        if request {
+            Message::Request(m)
+        } else {
+            Message::Sync(m)
+        }
+        .encode()
+        .into(),
+    )
 }
 
 /// Two-way sync of `doc` until `done(doc, state)` holds. Returns bytes received.
@@ -240,7 +280,8 @@ async fn full_sync(
         bytes += b.len() as u64;
         match tandem_core::wire::decode(&b)? {
             Message::Sync(s) | Message::Request(s) => {
-                doc.sync().receive_sync_message(&mut state, sync::Message::decode(&s.data)?)?;
+                doc.sync()
+                    .receive_sync_message(&mut state, sync::Message::decode(&s.data)?)?;
                 if let Some(m) = doc.sync().generate_sync_message(&mut state) {
                     let f = sync_frame(c, id, m.encode(), None, false);
                     c.ws.send(f).await?;
@@ -253,13 +294,126 @@ async fn full_sync(
     Ok(bytes)
 }
 
-fn push_message(template: &sync::Message, heads: Vec<ChangeHash>, changes: Vec<Vec<u8>>) -> Vec<u8> {
+/// The hashes of the changes in one sync-message chunk. A chunk is not always one change:
+/// automerge (Rust 0.12, JS 3.x) packs every change of a v2 sync message into ONE chunk of
+/// concatenated change chunks, and sends a whole saved document when the peer lacks more
+/// than a third of the changes. Chunk layout: magic (4) + checksum (4) + type (1) +
+/// uLEB128 length + body; type 0 document, 1 change, 2 compressed change, 3 bundle.
+fn chunk_hashes(mut data: &[u8]) -> Res<Vec<ChangeHash>> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 10 || data[..4] != MAGIC {
+            return Err("bad chunk header".into());
+        }
+        let (mut len, mut shift, mut i) = (0u64, 0, 9);
+        loop {
+            let b = *data.get(i).ok_or("truncated chunk length")?;
+            if shift > 56 {
+                return Err("chunk length overflows".into());
+            }
+            len |= u64::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| i.checked_add(l))
+            .ok_or("chunk length overflows")?;
+        let chunk = data.get(..end).ok_or("truncated chunk")?;
+        match data[8] {
+            1 | 2 => out.push(automerge::Change::try_from(chunk)?.hash()),
+            3 => out.extend(
+                automerge::Bundle::try_from(chunk)?
+                    .to_changes()?
+                    .iter()
+                    .map(|c| c.hash()),
+            ),
+            0 => out.extend(
+                automerge::Automerge::load(chunk)?
+                    .get_changes(&[])
+                    .iter()
+                    .map(|c| c.hash()),
+            ),
+            t => return Err(format!("unknown chunk type {t}").into()),
+        }
+        data = &data[end..];
+    }
+    Ok(out)
+}
+
+/// A sync message from `template` (which carries our capability flags) with these fields;
+/// `have` is one entry: "since `last_sync` I have exactly what `bloom_of` lists".
+fn sync_data(
+    template: &sync::Message,
+    heads: &[ChangeHash],
+    need: Vec<ChangeHash>,
+    last_sync: &[ChangeHash],
+    bloom_of: &[ChangeHash],
+    changes: Vec<Vec<u8>>,
+) -> Vec<u8> {
     let mut m = template.clone();
-    m.heads = heads;
-    m.need = vec![];
-    m.have = vec![];
+    m.heads = heads.to_vec();
+    m.need = need;
+    m.have = vec![sync::Have {
+        last_sync: last_sync.to_vec(),
+        bloom: sync::BloomFilter::from_hashes(bloom_of.iter()),
+    }];
     m.changes = changes.into();
     m.encode()
+}
+
+/// The heads a bench client claims: what a replica that applied everything the server sent
+/// it would hold (plus the client's own newest change). Clients never apply what they
+/// receive (50 replicas applying 3000 changes/s would measure client CPU on this 2-core
+/// machine, not the server) but they answer like replicas, because automerge's sync
+/// protocol needs answers: a server keeps per-peer state (what the peer has) that only the
+/// peer's messages advance, and automerge-repo's Node server resets that state when it
+/// (re)starts syncing a document with a peer and then waits for the peer to speak.
+struct Claim {
+    heads: Vec<ChangeHash>,
+}
+
+impl Claim {
+    /// What to answer a server sync message `m`, if anything: `Some(need)`.
+    /// - `m` brought changes: they are everything we lacked up to `m.heads` (the server
+    ///   sends all it thinks we miss), so our heads become `m.heads` (+ `own`, our newest
+    ///   change, if the server has not got it yet); answer with them, needing nothing.
+    /// - `m` only announces heads we do not know: ask for them (`need`), as a replica does.
+    /// - otherwise: nothing new, no answer (a replica stays quiet too).
+    fn receive(&mut self, m: &sync::Message, own: Option<ChangeHash>) -> Option<Vec<ChangeHash>> {
+        let unknown: Vec<ChangeHash> = m
+            .heads
+            .iter()
+            .filter(|h| !self.heads.contains(h) && Some(**h) != own)
+            .copied()
+            .collect();
+        if unknown.is_empty() {
+            return None;
+        }
+        if m.changes.is_empty() {
+            return Some(unknown);
+        }
+        let mut heads = m.heads.clone();
+        if let Some(o) = own
+            && !heads.contains(&o)
+        {
+            heads.push(o);
+        }
+        heads.sort();
+        self.heads = heads;
+        Some(vec![])
+    }
+
+    /// We committed `new` on top of `prev` (our replica's heads before it).
+    fn commit(&mut self, prev: &[ChangeHash], new: ChangeHash) {
+        self.heads.retain(|h| !prev.contains(h));
+        self.heads.push(new);
+        self.heads.sort();
+    }
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -273,21 +427,27 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 /// N nodes × 20 parms in ~1000 changes (as `tandem-bench` builds it).
 fn build_scene(nodes: usize) -> AutoCommit {
     let mut doc = AutoCommit::new();
-    let root = doc.put_object(ROOT, "nodes", automerge::ObjType::Map).unwrap();
+    let root = doc
+        .put_object(ROOT, "nodes", automerge::ObjType::Map)
+        .unwrap();
     doc.commit();
     let per_change = (nodes / 1000).max(1);
     let names: Vec<String> = (0..20).map(|p| format!("p{p}")).collect();
     for i in 0..nodes {
         let mut parms: HashMap<&str, hydrate::Value> = HashMap::new();
         for (p, name) in names.iter().enumerate() {
-            parms.insert(name.as_str(), hydrate::Value::Scalar(ScalarValue::F64(p as f64)));
+            parms.insert(
+                name.as_str(),
+                hydrate::Value::Scalar(ScalarValue::F64(p as f64)),
+            );
         }
         let mut node: HashMap<&str, hydrate::Value> = HashMap::new();
         node.insert("kind", "blender.object/MESH".into());
         let name = format!("node{i}");
         node.insert("name", name.as_str().into());
         node.insert("parms", parms.into());
-        doc.batch_create_object(&root, format!("n{i}"), &node.into(), false).unwrap();
+        doc.batch_create_object(&root, format!("n{i}"), &node.into(), false)
+            .unwrap();
         if i % per_change == per_change - 1 {
             doc.commit();
         }
@@ -296,12 +456,19 @@ fn build_scene(nodes: usize) -> AutoCommit {
     doc
 }
 
-async fn upload(server: &ServerProc, room: &str, doc: &mut AutoCommit, tandem: bool) -> Res<DocumentId> {
+async fn upload(
+    server: &ServerProc,
+    room: &str,
+    doc: &mut AutoCommit,
+    tandem: bool,
+) -> Res<DocumentId> {
     let id = DocumentId::random();
     let mut c = connect(&server.url(room), "uploader", tandem).await?;
     let heads = doc.get_heads();
     full_sync(&mut c, &id, doc, false, Duration::from_secs(300), |_, s| {
-        s.their_heads.as_ref().is_some_and(|h| heads.iter().all(|x| h.contains(x)))
+        s.their_heads
+            .as_ref()
+            .is_some_and(|h| heads.iter().all(|x| h.contains(x)))
     })
     .await?;
     // Give a server with a write-behind store a moment; then close politely.
@@ -310,12 +477,25 @@ async fn upload(server: &ServerProc, room: &str, doc: &mut AutoCommit, tandem: b
     Ok(id)
 }
 
-async fn late_join(server: &ServerProc, room: &str, id: &DocumentId, heads: &[ChangeHash]) -> Res<(f64, u64)> {
+async fn late_join(
+    server: &ServerProc,
+    room: &str,
+    id: &DocumentId,
+    heads: &[ChangeHash],
+) -> Res<(f64, u64)> {
     let t = Instant::now();
     let mut c = connect(&server.url(room), "late", false).await?;
     let mut doc = AutoCommit::new();
     let want = heads.to_vec();
-    let bytes = full_sync(&mut c, id, &mut doc, true, Duration::from_secs(120), |d, _| d.get_heads() == want).await?;
+    let bytes = full_sync(
+        &mut c,
+        id,
+        &mut doc,
+        true,
+        Duration::from_secs(120),
+        |d, _| d.get_heads() == want,
+    )
+    .await?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let _ = c.ws.close(None).await;
     Ok((ms, bytes))
@@ -327,7 +507,33 @@ struct PropResult {
     sent_edits: u64,
     up_bytes: u64,
     b_bytes: u64,
+    /// Probes not at B 5 s after the last edit.
+    late: usize,
+    /// Probes not at B `LOST_AFTER` after the last edit (never arrived).
     lost: usize,
+    /// Sync chunks B could not read (their changes cannot be matched to probes).
+    undecoded: u64,
+    /// Answers the clients (editors and B) sent to the server's sync messages.
+    answers: u64,
+    /// Sync messages the server sent to the clients (editors and B).
+    server_msgs: u64,
+}
+
+fn frame(
+    c_peer: &PeerId,
+    server: &PeerId,
+    doc: &DocumentId,
+    data: Vec<u8>,
+    request_id: Option<u64>,
+) -> Vec<u8> {
+    Message::Sync(SyncMessage {
+        sender_id: c_peer.clone(),
+        target_id: server.clone(),
+        document_id: doc.clone(),
+        data,
+        request_id,
+    })
+    .encode()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -342,7 +548,11 @@ async fn propagation(
     tandem: bool,
 ) -> Res<PropResult> {
     let url = server.url(room);
-    let template = scene.clone().sync().generate_sync_message(&mut sync::State::new()).ok_or("template")?;
+    let template = scene
+        .clone()
+        .sync()
+        .generate_sync_message(&mut sync::State::new())
+        .ok_or("template")?;
     let nodes_obj = scene.get(ROOT, "nodes")?.ok_or("nodes")?.1;
     let keys: Vec<String> = scene.keys(&nodes_obj).take(clients.max(1)).collect();
     let probes: Arc<Mutex<HashMap<ChangeHash, Instant>>> = Arc::default();
@@ -351,26 +561,43 @@ async fn propagation(
     let up_bytes = Arc::new(AtomicU64::new(0));
     let sent_edits = Arc::new(AtomicU64::new(0));
     let b_bytes = Arc::new(AtomicU64::new(0));
+    let answers = Arc::new(AtomicU64::new(0));
+    let server_msgs = Arc::new(AtomicU64::new(0));
 
-    // Receiver B: a proper sync first (so the server knows what B has), then decode-only.
+    // Receiver B: a proper sync first (so the server knows what B has), then it decodes
+    // what arrives (matching probe hashes) and answers like a replica (see `Claim`).
     let mut b = connect(&url, "B", false).await?;
     let mut b_doc = scene.fork();
     // In sync with the server: it may hold edits from an earlier phase that `scene` lacks.
-    // B announces itself with `request` (automerge-repo's Node server with sharePolicy
-    // false only keeps sending to peers that asked for the document).
-    full_sync(&mut b, id, &mut b_doc, true, Duration::from_secs(120), |d, s| {
-        s.their_heads.as_ref().is_some_and(|h| {
-            let (mut a, mut b) = (h.clone(), d.get_heads());
-            a.sort();
-            b.sort();
-            a == b
-        })
-    })
+    full_sync(
+        &mut b,
+        id,
+        &mut b_doc,
+        true,
+        Duration::from_secs(120),
+        |d, s| {
+            s.their_heads.as_ref().is_some_and(|h| {
+                let (mut a, mut b) = (h.clone(), d.get_heads());
+                a.sort();
+                b.sort();
+                a == b
+            })
+        },
+    )
     .await?;
+    // The server's heads now; every editor starts from them too (nobody edits until the
+    // editors start).
+    let mut start_heads = b_doc.get_heads();
+    start_heads.sort();
     drop(b_doc);
     let stop = Arc::new(AtomicBool::new(false));
-    let (probes_b, lat_b, stop_b, bytes_b) = (probes.clone(), lat.clone(), stop.clone(), b_bytes.clone());
+    let (probes_b, lat_b, stop_b, bytes_b) =
+        (probes.clone(), lat.clone(), stop.clone(), b_bytes.clone());
+    let (template_b, id_b, heads_b) = (template.clone(), id.clone(), start_heads.clone());
+    let (answers_b, server_msgs_b) = (answers.clone(), server_msgs.clone());
     let receiver = tokio::spawn(async move {
+        let mut undecoded = 0u64;
+        let mut claim = Claim { heads: heads_b };
         while !stop_b.load(Ordering::Relaxed) {
             let Ok(Some(Ok(WsMessage::Binary(bytes)))) =
                 tokio::time::timeout(Duration::from_millis(200), b.ws.next()).await
@@ -379,18 +606,46 @@ async fn propagation(
             };
             let now = Instant::now();
             bytes_b.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            let Ok(Message::Sync(s)) = tandem_core::wire::decode(&bytes) else { continue };
-            let Ok(m) = sync::Message::decode(&s.data) else { continue };
+            let Ok(Message::Sync(s)) = tandem_core::wire::decode(&bytes) else {
+                continue;
+            };
+            let Ok(m) = sync::Message::decode(&s.data) else {
+                continue;
+            };
+            server_msgs_b.fetch_add(1, Ordering::Relaxed);
             for chunk in m.changes.iter() {
-                if let Ok(c) = automerge::Change::try_from(chunk)
-                    && let Some(t0) = probes_b.lock().ok().and_then(|mut p| p.remove(&c.hash()))
-                    && let Ok(mut l) = lat_b.lock()
+                let hashes = match chunk_hashes(chunk) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        undecoded += 1;
+                        eprintln!("[B] undecodable sync chunk ({} B): {e}", chunk.len());
+                        continue;
+                    }
+                };
+                for h in hashes {
+                    if let Some(t0) = probes_b.lock().ok().and_then(|mut p| p.remove(&h))
+                        && let Ok(mut l) = lat_b.lock()
+                    {
+                        l.push((now - t0).as_secs_f64() * 1e3);
+                    }
+                }
+            }
+            if let Some(need) = claim.receive(&m, None) {
+                answers_b.fetch_add(1, Ordering::Relaxed);
+                let data = sync_data(&template_b, &claim.heads, need, &claim.heads, &[], vec![]);
+                if b.ws
+                    .send(WsMessage::Binary(
+                        frame(&b.peer, &b.server, &id_b, data, None).into(),
+                    ))
+                    .await
+                    .is_err()
                 {
-                    l.push((now - t0).as_secs_f64() * 1e3);
+                    break;
                 }
             }
         }
         let _ = b.ws.close(None).await;
+        undecoded
     });
 
     let n = (hz * seconds).round() as u64;
@@ -402,59 +657,88 @@ async fn propagation(
     let start = Instant::now() + Duration::from_millis(100);
     for (k, c) in conns.into_iter().enumerate() {
         let mut doc = scene.fork();
-        let (template, id, probes, acks) = (template.clone(), id.clone(), probes.clone(), acks.clone());
+        let (template, id, probes, acks) =
+            (template.clone(), id.clone(), probes.clone(), acks.clone());
         let (up_bytes, sent_edits) = (up_bytes.clone(), sent_edits.clone());
+        let (answers, server_msgs) = (answers.clone(), server_msgs.clone());
+        let mut claim = Claim {
+            heads: start_heads.clone(),
+        };
         let node = doc.get(&nodes_obj, &keys[k % keys.len()])?.ok_or("node")?.1;
         let parms = doc.get(&node, "parms")?.ok_or("parms")?.1;
         editors.push(tokio::spawn(async move {
             let (mut sink, mut stream) = c.ws.split();
-            let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-            let sent_at2 = sent_at.clone();
-            let drain = tokio::spawn(async move {
-                while let Some(Ok(m)) = stream.next().await {
-                    if k == 0
-                        && let WsMessage::Binary(b) = m
-                        && let Ok(Message::TandemAck(a)) = tandem_core::wire::decode(&b)
-                        && let Some(t) = a.request_id.and_then(|r| sent_at2.lock().ok()?.remove(&r))
-                        && let Ok(mut v) = acks.lock()
-                    {
-                        v.push(t.elapsed().as_secs_f64() * 1e3);
-                    }
-                }
-            });
+            let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+            let mut own: Option<ChangeHash> = None;
             // Stagger the editors across one tick.
             let offset = Duration::from_secs_f64(k as f64 / clients as f64 / hz);
             let mut tick = tokio::time::interval_at((start + offset).into(), Duration::from_secs_f64(1.0 / hz));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            for i in 0..n {
-                tick.tick().await;
-                doc.put(&parms, format!("p{}", i % 20), (i + 1) as f64 + k as f64 * 1e6)?;
-                doc.commit();
-                let change = doc.get_last_local_change().ok_or("change")?;
-                let (hash, bytes) = (change.hash(), change.raw_bytes().to_vec());
-                let data = push_message(&template, doc.get_heads(), vec![bytes]);
-                let rid = (tandem && k == 0).then_some(i + 1);
-                let m = Message::Sync(SyncMessage {
-                    sender_id: c.peer.clone(),
-                    target_id: c.server.clone(),
-                    document_id: id.clone(),
-                    data,
-                    request_id: rid,
-                });
-                let frame = m.encode();
-                up_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
-                sent_edits.fetch_add(1, Ordering::Relaxed);
-                if k == 0 {
-                    let now = Instant::now();
-                    probes.lock().map_err(|_| "poisoned")?.insert(hash, now);
-                    if let Some(r) = rid {
-                        sent_at.lock().map_err(|_| "poisoned")?.insert(r, now);
+            // After the last edit: keep reading (acks, answers) for 500 ms, then leave.
+            let grace = tokio::time::sleep(Duration::from_secs(24 * 3600));
+            tokio::pin!(grace);
+            let mut i = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick(), if i < n => {
+                        let prev = doc.get_heads();
+                        doc.put(&parms, format!("p{}", i % 20), (i + 1) as f64 + k as f64 * 1e6)?;
+                        doc.commit();
+                        let change = doc.get_last_local_change().ok_or("change")?;
+                        let (hash, bytes) = (change.hash(), change.raw_bytes().to_vec());
+                        // As a replica that has what it claims: heads = claim + the new change,
+                        // have = "since the claim, just the new change".
+                        let last_sync = claim.heads.clone();
+                        claim.commit(&prev, hash);
+                        own = Some(hash);
+                        let data = sync_data(&template, &claim.heads, vec![], &last_sync, &[hash], vec![bytes]);
+                        i += 1;
+                        let rid = (tandem && k == 0).then_some(i);
+                        let f = frame(&c.peer, &c.server, &id, data, rid);
+                        up_bytes.fetch_add(f.len() as u64, Ordering::Relaxed);
+                        sent_edits.fetch_add(1, Ordering::Relaxed);
+                        if k == 0 {
+                            let now = Instant::now();
+                            probes.lock().map_err(|_| "poisoned")?.insert(hash, now);
+                            if let Some(r) = rid {
+                                sent_at.insert(r, now);
+                            }
+                        }
+                        sink.send(WsMessage::Binary(f.into())).await?;
+                        if i == n {
+                            grace.as_mut().reset((Instant::now() + Duration::from_millis(500)).into());
+                        }
                     }
+                    m = stream.next() => {
+                        let b = match m {
+                            Some(Ok(WsMessage::Binary(b))) => b,
+                            Some(Ok(_)) => continue,
+                            _ => return Err(format!("editor {k}: connection closed").into()),
+                        };
+                        match tandem_core::wire::decode(&b) {
+                            Ok(Message::TandemAck(a)) => {
+                                if let Some(t) = a.request_id.and_then(|r| sent_at.remove(&r))
+                                    && let Ok(mut v) = acks.lock()
+                                {
+                                    v.push(t.elapsed().as_secs_f64() * 1e3);
+                                }
+                            }
+                            Ok(Message::Sync(s)) => {
+                                server_msgs.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(m) = sync::Message::decode(&s.data)
+                                    && let Some(need) = claim.receive(&m, own)
+                                {
+                                    answers.fetch_add(1, Ordering::Relaxed);
+                                    let data = sync_data(&template, &claim.heads, need, &claim.heads, &[], vec![]);
+                                    sink.send(WsMessage::Binary(frame(&c.peer, &c.server, &id, data, None).into())).await?;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ = &mut grace => break,
                 }
-                sink.send(WsMessage::Binary(frame.into())).await?;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            drain.abort();
             let _ = sink.close().await;
             Res::Ok(())
         }));
@@ -462,12 +746,23 @@ async fn propagation(
     for e in editors {
         e.await??;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !probes.lock().map_err(|_| "poisoned")?.is_empty() && Instant::now() < deadline {
+    // Probes still missing 5 s after the last edit are late; those still missing after
+    // LOST_AFTER are lost (B keeps receiving and answering meanwhile, so a server that is
+    // only behind gets the time to catch up).
+    let end = Instant::now();
+    let mut late = 0;
+    loop {
+        let missing = probes.lock().map_err(|_| "poisoned")?.len();
+        if end.elapsed() < LATE_AFTER {
+            late = missing;
+        }
+        if missing == 0 || end.elapsed() >= LOST_AFTER {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    receiver.await?;
+    let undecoded = receiver.await?;
     let lost = probes.lock().map_err(|_| "poisoned")?.len();
     let lat = lat.lock().map_err(|_| "poisoned")?.clone();
     let acks = acks.lock().map_err(|_| "poisoned")?.clone();
@@ -477,19 +772,32 @@ async fn propagation(
         sent_edits: sent_edits.load(Ordering::Relaxed),
         up_bytes: up_bytes.load(Ordering::Relaxed),
         b_bytes: b_bytes.load(Ordering::Relaxed),
+        late,
         lost,
+        undecoded,
+        answers: answers.load(Ordering::Relaxed),
+        server_msgs: server_msgs.load(Ordering::Relaxed),
     })
 }
 
 async fn run(o: Opts) -> Res<()> {
     let mut samples = match &o.samples {
-        Some(p) => Some(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
         None => None,
     };
     for &nodes in &o.nodes {
         let t = Instant::now();
         let mut scene = build_scene(nodes);
-        eprintln!("[{}] built {nodes}-node scene in {:.2} s", o.name, t.elapsed().as_secs_f64());
+        eprintln!(
+            "[{}] built {nodes}-node scene in {:.2} s",
+            o.name,
+            t.elapsed().as_secs_f64()
+        );
         let heads = scene.get_heads();
         let server = ServerProc::start(&o.cmd)?;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -505,17 +813,25 @@ async fn run(o: Opts) -> Res<()> {
             joins.push(ms);
             join_bytes = b;
         }
-        eprintln!("[{}] {nodes} nodes: upload {upload_ms:.0} ms, late joins {joins:.0?} ms", o.name);
+        eprintln!(
+            "[{}] {nodes} nodes: upload {upload_ms:.0} ms, late joins {joins:.0?} ms",
+            o.name
+        );
         let rss_loaded = server.rss();
         let cpu_load = server.cpu() - cpu0;
         let mut jv = joins.clone();
         let join_p50 = percentile(&mut jv, 0.5);
         for &clients in &o.clients {
+            let driver_cpu0 = self_cpu();
             let cpu0 = server.cpu();
             let t = Instant::now();
-            let r = propagation(&server, &room, &id, &mut scene, clients, o.hz, o.seconds, o.tandem).await?;
+            let r = propagation(
+                &server, &room, &id, &mut scene, clients, o.hz, o.seconds, o.tandem,
+            )
+            .await?;
             let wall = t.elapsed().as_secs_f64();
             let cpu = server.cpu() - cpu0;
+            let driver_cpu = self_cpu();
             if let Some(f) = samples.as_mut() {
                 for v in &r.lat {
                     writeln!(f, "{},{nodes},{clients},propagation,{v:.4}", o.name)?;
@@ -524,12 +840,24 @@ async fn run(o: Opts) -> Res<()> {
                     writeln!(f, "{},{nodes},{clients},durable_ack,{v:.4}", o.name)?;
                 }
             }
-            let (mut lat, mut acks) = (r.lat.clone(), r.acks.clone());
+            let mut acks = r.acks.clone();
+            // Lost probes count as infinitely late: a percentile that lands on one is only
+            // known to exceed LOST_AFTER (reported as that bound, with `prop_censored`).
+            let mut all = r.lat.clone();
+            all.extend(std::iter::repeat_n(f64::INFINITY, r.lost));
+            let bound = LOST_AFTER.as_secs_f64() * 1e3;
+            let cap = |v: f64| if v.is_nan() { v } else { v.min(bound) };
+            let (p50, p99) = (percentile(&mut all, 0.5), percentile(&mut all, 0.99));
             let line = json!({
                 "server": o.name, "nodes": nodes, "clients": clients, "hz": o.hz,
                 "seconds": o.seconds,
-                "prop_p50_ms": percentile(&mut lat, 0.5), "prop_p99_ms": percentile(&mut lat, 0.99),
-                "prop_samples": r.lat.len(), "prop_lost": r.lost,
+                "prop_p50_ms": cap(p50), "prop_p99_ms": cap(p99),
+                "prop_censored": p99.is_infinite(), "prop_lost_after_ms": bound,
+                "prop_late": r.late,
+                "prop_samples": r.lat.len(), "prop_lost": r.lost, "b_undecoded_chunks": r.undecoded,
+                "server_msgs_per_edit": r.server_msgs as f64 / r.sent_edits.max(1) as f64,
+                "answers_per_edit": r.answers as f64 / r.sent_edits.max(1) as f64,
+                "driver_cpu_s": driver_cpu - driver_cpu0,
                 "ack_p50_ms": if o.tandem { json!(percentile(&mut acks, 0.5)) } else { json!(null) },
                 "ack_p99_ms": if o.tandem { json!(percentile(&mut acks, 0.99)) } else { json!(null) },
                 "join_ms": joins, "join_p50_ms": join_p50, "join_bytes": join_bytes,
@@ -545,8 +873,14 @@ async fn run(o: Opts) -> Res<()> {
             println!("{line}");
             std::io::stdout().flush()?;
             eprintln!(
-                "[{}] {nodes} nodes × {clients} clients: p50 {:.2} ms p99 {:.2} ms ({} samples, {} lost), cpu {:.2} s",
-                o.name, percentile(&mut lat, 0.5), percentile(&mut lat, 0.99), r.lat.len(), r.lost, cpu
+                "[{}] {nodes} nodes × {clients} clients: p50 {:.2} ms p99 {:.2} ms ({} samples, {} late, {} lost), cpu {:.2} s",
+                o.name,
+                p50,
+                p99,
+                r.lat.len(),
+                r.late,
+                r.lost,
+                cpu
             );
         }
         server.stop();
@@ -557,10 +891,15 @@ async fn run(o: Opts) -> Res<()> {
 fn main() {
     let o = parse_args();
     if o.cmd.is_empty() {
-        eprintln!("usage: peer-bench --name NAME [--nodes 1000,10000] [--clients 1,10,50] [--hz 60] [--seconds 3] [--tandem] [--samples FILE] -- SERVER-CMD...");
+        eprintln!(
+            "usage: peer-bench --name NAME [--nodes 1000,10000] [--clients 1,10,50] [--hz 60] [--seconds 3] [--tandem] [--samples FILE] -- SERVER-CMD..."
+        );
         std::process::exit(2);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     if let Err(e) = rt.block_on(run(o)) {
         eprintln!("peer-bench failed: {e}");
         std::process::exit(1);
