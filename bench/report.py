@@ -31,6 +31,8 @@ FIGURES = [
     ("prop_p99", "propagation A→server→B p99", "ms", True, lambda r: r["prop_p99_ms"]),
     ("prop_late", "probe edits not at B 5 s after the last edit (late)", "", True, lambda r: r.get("prop_late", r["prop_lost"])),
     ("prop_lost", "probe edits never at B (30 s after the last edit)", "", True, lambda r: r["prop_lost"]),
+    ("prop_lost_on_server", "… of which a fresh client found on the server (not dropped)", "", True,
+     lambda r: r.get("prop_lost_on_server")),
     ("ack_p50", "durable ack p50", "ms", True, lambda r: r.get("ack_p50_ms")),
     ("ack_p99", "durable ack p99", "ms", True, lambda r: r.get("ack_p99_ms")),
     ("cpu_per_edit", "server CPU per edit", "ms", True,
@@ -122,7 +124,7 @@ def main():
                     r = statistics.median(ratios) if ratios else None
                     censored = key.startswith("prop_p") and any(
                         v >= LOST_AFTER_MS for v in list(cell.get("tandem", {}).values()) + list(cell.get(p, {}).values()))
-                    row.append(f"{r:.2f}×" if num(r) and key not in ("prop_lost", "prop_late") and not censored else "—")
+                    row.append(f"{r:.2f}×" if num(r) and key not in ("prop_lost", "prop_late", "prop_lost_on_server") and not censored else "—")
                     if num(r):
                         csv_rows.append({"figure": key, "nodes": n, "clients": c if per_clients else "",
                                          "server": f"ratio tandem/{p}", "median": r, "unit": "×",

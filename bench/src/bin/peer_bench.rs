@@ -11,7 +11,7 @@
 //! (durable-ack latency under the same load). Output: one JSON line per (size, clients)
 //! on stdout; latency samples appended to `--samples FILE` as CSV.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -379,12 +379,22 @@ struct Claim {
 
 impl Claim {
     /// What to answer a server sync message `m`, if anything: `Some(need)`.
-    /// - `m` brought changes: they are everything we lacked up to `m.heads` (the server
-    ///   sends all it thinks we miss), so our heads become `m.heads` (+ `own`, our newest
-    ///   change, if the server has not got it yet); answer with them, needing nothing.
-    /// - `m` only announces heads we do not know: ask for them (`need`), as a replica does.
+    /// - `m` announces heads we hold: our heads become `m.heads` (+ `own`, our newest change,
+    ///   if the server has not got it yet); answer with them, needing nothing.
+    /// - `m` announces heads we lack: ask for them (`need`), as a replica does.
     /// - otherwise: nothing new, no answer (a replica stays quiet too).
-    fn receive(&mut self, m: &sync::Message, own: Option<ChangeHash>) -> Option<Vec<ChangeHash>> {
+    ///
+    /// B decodes everything and passes the hashes it holds (`known`), so its claims are
+    /// exact. Editors decode nothing (`None`): they hold what the server announces once a
+    /// message brought changes, since the server sends everything it thinks we lack since
+    /// our last claim; what an editor wrongly claimed would only spare the server work
+    /// towards that editor, never hide a probe from B.
+    fn receive(
+        &mut self,
+        m: &sync::Message,
+        own: Option<ChangeHash>,
+        known: Option<&HashSet<ChangeHash>>,
+    ) -> Option<Vec<ChangeHash>> {
         let unknown: Vec<ChangeHash> = m
             .heads
             .iter()
@@ -394,8 +404,13 @@ impl Claim {
         if unknown.is_empty() {
             return None;
         }
-        if m.changes.is_empty() {
-            return Some(unknown);
+        let lacking: Vec<ChangeHash> = match known {
+            Some(k) => unknown.into_iter().filter(|h| !k.contains(h)).collect(),
+            None if m.changes.is_empty() => unknown,
+            None => vec![],
+        };
+        if !lacking.is_empty() {
+            return Some(lacking);
         }
         let mut heads = m.heads.clone();
         if let Some(o) = own
@@ -501,6 +516,45 @@ async fn late_join(
     Ok((ms, bytes))
 }
 
+/// The server's whole document, through a fresh connection (`request`, then sync until
+/// both sides' heads agree).
+async fn fresh_copy(url: &str, id: &DocumentId) -> Res<AutoCommit> {
+    let mut c = connect(url, "check", false).await?;
+    let mut d = AutoCommit::new();
+    full_sync(
+        &mut c,
+        id,
+        &mut d,
+        true,
+        Duration::from_secs(120),
+        |d, s| {
+            s.their_heads.as_ref().is_some_and(|h| {
+                let (mut a, mut b) = (h.clone(), d.get_heads());
+                a.sort();
+                b.sort();
+                !a.is_empty() && a == b
+            })
+        },
+    )
+    .await?;
+    let _ = c.ws.close(None).await;
+    Ok(d)
+}
+
+/// Wait until the server uses under 10% of a core over half a second (at most 60 s);
+/// returns the seconds waited.
+async fn settle(server: &ServerProc) -> f64 {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(60) {
+        let c0 = server.cpu();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if server.cpu() - c0 < 0.05 {
+            break;
+        }
+    }
+    t.elapsed().as_secs_f64() - 0.5
+}
+
 struct PropResult {
     lat: Vec<f64>,
     acks: Vec<f64>,
@@ -511,6 +565,8 @@ struct PropResult {
     late: usize,
     /// Probes not at B `LOST_AFTER` after the last edit (never arrived).
     lost: usize,
+    /// How many lost probes a fresh client found on the server (`None`: check failed).
+    lost_on_server: Option<usize>,
     /// Sync chunks B could not read (their changes cannot be matched to probes).
     undecoded: u64,
     /// Answers the clients (editors and B) sent to the server's sync messages.
@@ -589,6 +645,8 @@ async fn propagation(
     // editors start).
     let mut start_heads = b_doc.get_heads();
     start_heads.sort();
+    // Every change B holds: the scene's and, later, each one it decodes.
+    let known_b: HashSet<ChangeHash> = b_doc.get_changes(&[]).iter().map(|c| c.hash()).collect();
     drop(b_doc);
     let stop = Arc::new(AtomicBool::new(false));
     let (probes_b, lat_b, stop_b, bytes_b) =
@@ -598,6 +656,7 @@ async fn propagation(
     let receiver = tokio::spawn(async move {
         let mut undecoded = 0u64;
         let mut claim = Claim { heads: heads_b };
+        let mut known = known_b;
         while !stop_b.load(Ordering::Relaxed) {
             let Ok(Some(Ok(WsMessage::Binary(bytes)))) =
                 tokio::time::timeout(Duration::from_millis(200), b.ws.next()).await
@@ -622,6 +681,7 @@ async fn propagation(
                         continue;
                     }
                 };
+                known.extend(hashes.iter().copied());
                 for h in hashes {
                     if let Some(t0) = probes_b.lock().ok().and_then(|mut p| p.remove(&h))
                         && let Ok(mut l) = lat_b.lock()
@@ -630,7 +690,7 @@ async fn propagation(
                     }
                 }
             }
-            if let Some(need) = claim.receive(&m, None) {
+            if let Some(need) = claim.receive(&m, None, Some(&known)) {
                 answers_b.fetch_add(1, Ordering::Relaxed);
                 let data = sync_data(&template_b, &claim.heads, need, &claim.heads, &[], vec![]);
                 if b.ws
@@ -726,7 +786,7 @@ async fn propagation(
                             Ok(Message::Sync(s)) => {
                                 server_msgs.fetch_add(1, Ordering::Relaxed);
                                 if let Ok(m) = sync::Message::decode(&s.data)
-                                    && let Some(need) = claim.receive(&m, own)
+                                    && let Some(need) = claim.receive(&m, own, None)
                                 {
                                     answers.fetch_add(1, Ordering::Relaxed);
                                     let data = sync_data(&template, &claim.heads, need, &claim.heads, &[], vec![]);
@@ -763,7 +823,31 @@ async fn propagation(
     }
     stop.store(true, Ordering::Relaxed);
     let undecoded = receiver.await?;
-    let lost = probes.lock().map_err(|_| "poisoned")?.len();
+    let missing: Vec<ChangeHash> = probes
+        .lock()
+        .map_err(|_| "poisoned")?
+        .keys()
+        .copied()
+        .collect();
+    let lost = missing.len();
+    // Were the lost probes dropped by the server, or only never forwarded to B? A fresh
+    // client syncs the whole document and looks for them.
+    let lost_on_server = if missing.is_empty() {
+        Some(0)
+    } else {
+        match fresh_copy(&url, id).await {
+            Ok(d) => Some(
+                missing
+                    .iter()
+                    .filter(|h| d.get_change_by_hash(h).is_some())
+                    .count(),
+            ),
+            Err(e) => {
+                eprintln!("checking the server for lost probes failed: {e}");
+                None
+            }
+        }
+    };
     let lat = lat.lock().map_err(|_| "poisoned")?.clone();
     let acks = acks.lock().map_err(|_| "poisoned")?.clone();
     Ok(PropResult {
@@ -774,6 +858,7 @@ async fn propagation(
         b_bytes: b_bytes.load(Ordering::Relaxed),
         late,
         lost,
+        lost_on_server,
         undecoded,
         answers: answers.load(Ordering::Relaxed),
         server_msgs: server_msgs.load(Ordering::Relaxed),
@@ -822,6 +907,15 @@ async fn run(o: Opts) -> Res<()> {
         let mut jv = joins.clone();
         let join_p50 = percentile(&mut jv, 0.5);
         for &clients in &o.clients {
+            // A server still working off an earlier phase would slow this one down: wait
+            // (up to 60 s) until it idles.
+            let busy = settle(&server).await;
+            if busy > 1.0 {
+                eprintln!(
+                    "[{}] server busy {busy:.1} s before the {clients}-client phase",
+                    o.name
+                );
+            }
             let driver_cpu0 = self_cpu();
             let cpu0 = server.cpu();
             let t = Instant::now();
@@ -854,10 +948,12 @@ async fn run(o: Opts) -> Res<()> {
                 "prop_p50_ms": cap(p50), "prop_p99_ms": cap(p99),
                 "prop_censored": p99.is_infinite(), "prop_lost_after_ms": bound,
                 "prop_late": r.late,
+                "prop_lost_on_server": r.lost_on_server,
                 "prop_samples": r.lat.len(), "prop_lost": r.lost, "b_undecoded_chunks": r.undecoded,
                 "server_msgs_per_edit": r.server_msgs as f64 / r.sent_edits.max(1) as f64,
                 "answers_per_edit": r.answers as f64 / r.sent_edits.max(1) as f64,
                 "driver_cpu_s": driver_cpu - driver_cpu0,
+                "server_busy_before_s": busy,
                 "ack_p50_ms": if o.tandem { json!(percentile(&mut acks, 0.5)) } else { json!(null) },
                 "ack_p99_ms": if o.tandem { json!(percentile(&mut acks, 0.99)) } else { json!(null) },
                 "join_ms": joins, "join_p50_ms": join_p50, "join_bytes": join_bytes,
