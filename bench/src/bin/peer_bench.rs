@@ -715,7 +715,14 @@ async fn propagation(
         conns.push(connect(&url, &format!("E{k}"), tandem && k == 0).await?);
     }
     let start = Instant::now() + Duration::from_millis(100);
+    // Each editor reports once it has sent its last edit, then stays connected (reading,
+    // answering) until `leave` — as a user's client does. Leaving early would also reset
+    // connections whose frames the server has not read yet (a socket closed with unread
+    // input sends RST), which loses them.
+    let (sent_all_tx, mut sent_all) = tokio::sync::mpsc::channel::<()>(clients.max(1));
+    let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
     for (k, c) in conns.into_iter().enumerate() {
+        let (sent_all_tx, mut leave_rx) = (sent_all_tx.clone(), leave_rx.clone());
         let mut doc = scene.fork();
         let (template, id, probes, acks) =
             (template.clone(), id.clone(), probes.clone(), acks.clone());
@@ -734,9 +741,7 @@ async fn propagation(
             let offset = Duration::from_secs_f64(k as f64 / clients as f64 / hz);
             let mut tick = tokio::time::interval_at((start + offset).into(), Duration::from_secs_f64(1.0 / hz));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // After the last edit: keep reading (acks, answers) for 500 ms, then leave.
-            let grace = tokio::time::sleep(Duration::from_secs(24 * 3600));
-            tokio::pin!(grace);
+            let mut sent_all_tx = Some(sent_all_tx);
             let mut i = 0;
             loop {
                 tokio::select! {
@@ -766,7 +771,9 @@ async fn propagation(
                         }
                         sink.send(WsMessage::Binary(f.into())).await?;
                         if i == n {
-                            grace.as_mut().reset((Instant::now() + Duration::from_millis(500)).into());
+                            if let Some(tx) = sent_all_tx.take() {
+                                let _ = tx.send(()).await;
+                            }
                         }
                     }
                     m = stream.next() => {
@@ -796,19 +803,19 @@ async fn propagation(
                             _ => {}
                         }
                     }
-                    _ = &mut grace => break,
+                    _ = leave_rx.changed() => break,
                 }
             }
             let _ = sink.close().await;
             Res::Ok(())
         }));
     }
-    for e in editors {
-        e.await??;
-    }
+    drop(sent_all_tx);
+    // Every editor sent its last edit (or failed: its sender is gone then, and `recv` ends).
+    while sent_all.recv().await.is_some() {}
     // Probes still missing 5 s after the last edit are late; those still missing after
-    // LOST_AFTER are lost (B keeps receiving and answering meanwhile, so a server that is
-    // only behind gets the time to catch up).
+    // LOST_AFTER are lost (everyone stays connected, receiving and answering, meanwhile, so
+    // a server that is only behind gets the time to catch up).
     let end = Instant::now();
     let mut late = 0;
     loop {
@@ -822,6 +829,10 @@ async fn propagation(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
+    let _ = leave_tx.send(true);
+    for e in editors {
+        e.await??;
+    }
     let undecoded = receiver.await?;
     let missing: Vec<ChangeHash> = probes
         .lock()
