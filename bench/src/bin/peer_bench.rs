@@ -770,10 +770,10 @@ async fn propagation(
                             }
                         }
                         sink.send(WsMessage::Binary(f.into())).await?;
-                        if i == n {
-                            if let Some(tx) = sent_all_tx.take() {
-                                let _ = tx.send(()).await;
-                            }
+                        if i == n
+                            && let Some(tx) = sent_all_tx.take()
+                        {
+                            let _ = tx.send(()).await;
                         }
                     }
                     m = stream.next() => {
