@@ -77,6 +77,8 @@ def main():
     out = Path(sys.argv[1])
     plot = "--no-plot" not in sys.argv
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     if not rows:
         print("no results")
         return 1
@@ -141,6 +143,9 @@ def main():
     print(f"medians over {len(runs)} run(s); ratios = median of per-run Tandem/peer (<1 means Tandem is lower)")
     print()
     print(table)
+    for r in failed:
+        print(f"\nfailed: {LABEL.get(r['server'], r['server'])}, {r['nodes']} nodes × {r['clients']} clients, "
+              f"run {r.get('run', '?')}: {r['error']}")
     if plot:
         write_plot(out, servers, sizes, clients)
     return 0

@@ -73,7 +73,9 @@ run_peer() { # name run
               -- node "$ROOT/bench/amrepo_server.mjs" "$d" ;;
     samod)  timeout -k 5 "$LIMIT" "$TARGET/release/peer-bench" --name samod "${COMMON[@]}" \
               -- "$TARGET/release/samod-server" 0 "$d" ;;
-    hocuspocus) timeout -k 5 "$LIMIT" node "$ROOT/bench/yjs_bench.mjs" --name hocuspocus "${COMMON[@]}" --data "$d" ;;
+    # 50 editors each hold a Y.Doc replica of the scene (~80 MB each at 10k nodes): more
+    # than node's default ~4 GB heap.
+    hocuspocus) timeout -k 5 "$LIMIT" node --max-old-space-size=8192 "$ROOT/bench/yjs_bench.mjs" --name hocuspocus "${COMMON[@]}" --data "$d" ;;
   esac > "$TMP/out.jsonl" || rc=$?
   # Tag each result line with the run number.
   sed "s/^{/{\"run\":$run,/" "$TMP/out.jsonl" >> "$OUT/results.jsonl"

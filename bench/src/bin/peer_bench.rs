@@ -471,12 +471,13 @@ fn build_scene(nodes: usize) -> AutoCommit {
     doc
 }
 
+/// Upload `doc` as a new document; returns its id and the uploader's connection, still open.
 async fn upload(
     server: &ServerProc,
     room: &str,
     doc: &mut AutoCommit,
     tandem: bool,
-) -> Res<DocumentId> {
+) -> Res<(DocumentId, Conn)> {
     let id = DocumentId::random();
     let mut c = connect(&server.url(room), "uploader", tandem).await?;
     let heads = doc.get_heads();
@@ -486,10 +487,7 @@ async fn upload(
             .is_some_and(|h| heads.iter().all(|x| h.contains(x)))
     })
     .await?;
-    // Give a server with a write-behind store a moment; then close politely.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = c.ws.close(None).await;
-    Ok(id)
+    Ok((id, c))
 }
 
 async fn late_join(
@@ -900,8 +898,23 @@ async fn run(o: Opts) -> Res<()> {
         let (rss_idle, cpu0) = (server.rss(), server.cpu());
         let room = format!("scene{nodes}");
         let t = Instant::now();
-        let id = upload(&server, &room, &mut scene, o.tandem).await?;
+        let (id, uploader) = upload(&server, &room, &mut scene, o.tandem).await?;
         let upload_ms = t.elapsed().as_secs_f64() * 1e3;
+        // The uploader stays in the room (reading, silent) during the late joins, so they
+        // join a live room with the document loaded, as when others are editing. (Tandem
+        // unloads a room's documents once its last client leaves; a join into an empty
+        // room would time a load from the store as well.)
+        let (stop_up, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let keep = tokio::spawn(async move {
+            let mut ws = uploader.ws;
+            loop {
+                tokio::select! {
+                    f = ws.next() => if !matches!(f, Some(Ok(_))) { break },
+                    _ = &mut stopped => break,
+                }
+            }
+            let _ = ws.close(None).await;
+        });
         let mut joins = Vec::new();
         let mut join_bytes = 0;
         for _ in 0..o.joins {
@@ -909,6 +922,8 @@ async fn run(o: Opts) -> Res<()> {
             joins.push(ms);
             join_bytes = b;
         }
+        let _ = stop_up.send(());
+        let _ = keep.await;
         eprintln!(
             "[{}] {nodes} nodes: upload {upload_ms:.0} ms, late joins {joins:.0?} ms",
             o.name
@@ -930,10 +945,25 @@ async fn run(o: Opts) -> Res<()> {
             let driver_cpu0 = self_cpu();
             let cpu0 = server.cpu();
             let t = Instant::now();
-            let r = propagation(
+            let r = match propagation(
                 &server, &room, &id, &mut scene, clients, o.hz, o.seconds, o.tandem,
             )
-            .await?;
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    // One failed phase (e.g. a server too busy to sync B in 120 s) is a
+                    // result too; the next client count still runs.
+                    eprintln!("[{}] {nodes} nodes × {clients} clients failed: {e}", o.name);
+                    let line = json!({
+                        "server": o.name, "nodes": nodes, "clients": clients,
+                        "error": e.to_string(), "server_busy_before_s": busy,
+                    });
+                    println!("{line}");
+                    std::io::stdout().flush()?;
+                    continue;
+                }
+            };
             let wall = t.elapsed().as_secs_f64();
             let cpu = server.cpu() - cpu0;
             let driver_cpu = self_cpu();
