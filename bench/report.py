@@ -29,11 +29,18 @@ COLOR = {"tandem": "tab:blue", "amrepo": "tab:orange", "samod": "tab:green", "ho
 FIGURES = [
     ("prop_p50", "propagation A→server→B p50", "ms", True, lambda r: r["prop_p50_ms"]),
     ("prop_p99", "propagation A→server→B p99", "ms", True, lambda r: r["prop_p99_ms"]),
-    ("prop_lost", "probe edits not seen by B within 5 s", "", True, lambda r: r["prop_lost"]),
+    ("prop_late", "probe edits not at B 5 s after the last edit (late)", "", True, lambda r: r.get("prop_late", r["prop_lost"])),
+    ("prop_lost", "probe edits never at B (30 s after the last edit)", "", True, lambda r: r["prop_lost"]),
+    ("prop_lost_on_server", "… of which a fresh client found on the server (not dropped)", "", True,
+     lambda r: r.get("prop_lost_on_server")),
     ("ack_p50", "durable ack p50", "ms", True, lambda r: r.get("ack_p50_ms")),
     ("ack_p99", "durable ack p99", "ms", True, lambda r: r.get("ack_p99_ms")),
     ("cpu_per_edit", "server CPU per edit", "ms", True,
      lambda r: 1e3 * r["server_cpu_s"] / r["edits"] if r["edits"] else None),
+    ("driver_cpu", "bench clients' CPU per edit (same 2 cores)", "ms", True,
+     lambda r: 1e3 * r["driver_cpu_s"] / r["edits"] if r.get("driver_cpu_s") is not None and r["edits"] else None),
+    ("server_msgs", "server sync messages to clients per edit", "", True, lambda r: r.get("server_msgs_per_edit")),
+    ("answers", "client answers to the server per edit", "", True, lambda r: r.get("answers_per_edit")),
     ("up_bytes", "bytes per edit, client→server", "B", True, lambda r: r["up_bytes_per_edit"]),
     ("down_bytes", "bytes per edit, server→B", "B", True, lambda r: r["down_bytes_per_edit_b"]),
     ("join", "late join (connect → whole scene)", "ms", False, lambda r: r["join_p50_ms"]),
@@ -47,9 +54,18 @@ def num(v):
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def fmt(v, unit=""):
+# Propagation percentiles at or above this are censored (a lost probe, infinitely late).
+LOST_AFTER_MS = 30000
+COUNT_2DP = {"server_msgs", "answers"}
+
+
+def fmt(v, unit="", key=""):
     if not num(v):
         return "—"
+    if key.startswith("prop_p") and v >= LOST_AFTER_MS:
+        return f"> {LOST_AFTER_MS // 1000} s"
+    if key in COUNT_2DP:
+        return f"{v:.2f}"
     if unit == "":
         return f"{v:.0f}"
     a = abs(v)
@@ -61,6 +77,8 @@ def main():
     out = Path(sys.argv[1])
     plot = "--no-plot" not in sys.argv
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     if not rows:
         print("no results")
         return 1
@@ -97,7 +115,7 @@ def main():
                     if key.startswith("ack") and s != "tandem":
                         row.append("none")
                     else:
-                        row.append(fmt(med[s], unit))
+                        row.append(fmt(med[s], unit, key))
                     csv_rows.append({"figure": key, "nodes": n, "clients": c if per_clients else "",
                                      "server": s, "median": med[s] if num(med[s]) else "",
                                      "unit": unit, "runs": len(vs),
@@ -106,7 +124,9 @@ def main():
                     ratios = [cell["tandem"][k] / cell[p][k] for k in runs
                               if k in cell.get("tandem", {}) and k in cell.get(p, {}) and cell[p][k]]
                     r = statistics.median(ratios) if ratios else None
-                    row.append(f"{r:.2f}×" if num(r) and key != "prop_lost" else "—")
+                    censored = key.startswith("prop_p") and any(
+                        v >= LOST_AFTER_MS for v in list(cell.get("tandem", {}).values()) + list(cell.get(p, {}).values()))
+                    row.append(f"{r:.2f}×" if num(r) and key not in ("prop_lost", "prop_late", "prop_lost_on_server") and not censored else "—")
                     if num(r):
                         csv_rows.append({"figure": key, "nodes": n, "clients": c if per_clients else "",
                                          "server": f"ratio tandem/{p}", "median": r, "unit": "×",
@@ -123,6 +143,9 @@ def main():
     print(f"medians over {len(runs)} run(s); ratios = median of per-run Tandem/peer (<1 means Tandem is lower)")
     print()
     print(table)
+    for r in failed:
+        print(f"\nfailed: {LABEL.get(r['server'], r['server'])}, {r['nodes']} nodes × {r['clients']} clients, "
+              f"run {r.get('run', '?')}: {r['error']}")
     if plot:
         write_plot(out, servers, sizes, clients)
     return 0

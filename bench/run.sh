@@ -5,7 +5,7 @@
 #   bash bench/run.sh --quick    # 1k nodes; 1 and 10 clients; 1 run
 #   bash bench/run.sh --smoke    # a few seconds per peer, tiny scene (keeps the harness working)
 #   options: --nodes 1000,10000 --clients 1,10,50 --seconds 5 --runs 3 --joins 3 --hz 60
-#            --only tandem,amrepo,samod,hocuspocus
+#            --only tandem,amrepo,samod,hocuspocus --limit SECONDS (per peer run; default 900)
 #
 # Everything is bound to 127.0.0.1 on ports chosen at runtime; each peer run is bounded by
 # `timeout`, which ends the driver and the server it started (same process group); data
@@ -30,6 +30,7 @@ while [ $# -gt 0 ]; do
     --hz) HZ=$2; shift ;;
     --only) ONLY=$2; shift ;;
     --no-plot) PLOT=0 ;;
+    --limit) LIMIT=$2; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -41,7 +42,11 @@ cargo build --release --locked -q -p tandem-server --bin tandem >&2
 if [ ! -d bench/node_modules/@hocuspocus/server ]; then
   echo "== npm ci (bench)" >&2
   mkdir -p .cache/npm
-  npm ci --prefix bench --no-audit --no-fund --cache "$ROOT/.cache/npm" >&2
+  # npm 11 can reject its own lock file in `npm ci` (cbor-extract's optional platform
+  # packages are missing from the lock); `install --no-save` resolves from the same lock
+  # (same versions) and leaves it untouched (as tests/run does).
+  npm ci --prefix bench --no-audit --no-fund --cache "$ROOT/.cache/npm" >&2 \
+    || npm install --prefix bench --no-save --no-audit --no-fund --cache "$ROOT/.cache/npm" >&2
 fi
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
@@ -68,7 +73,9 @@ run_peer() { # name run
               -- node "$ROOT/bench/amrepo_server.mjs" "$d" ;;
     samod)  timeout -k 5 "$LIMIT" "$TARGET/release/peer-bench" --name samod "${COMMON[@]}" \
               -- "$TARGET/release/samod-server" 0 "$d" ;;
-    hocuspocus) timeout -k 5 "$LIMIT" node "$ROOT/bench/yjs_bench.mjs" --name hocuspocus "${COMMON[@]}" --data "$d" ;;
+    # 50 editors each hold a Y.Doc replica of the scene (~80 MB each at 10k nodes): more
+    # than node's default ~4 GB heap.
+    hocuspocus) timeout -k 5 "$LIMIT" node --max-old-space-size=8192 "$ROOT/bench/yjs_bench.mjs" --name hocuspocus "${COMMON[@]}" --data "$d" ;;
   esac > "$TMP/out.jsonl" || rc=$?
   # Tag each result line with the run number.
   sed "s/^{/{\"run\":$run,/" "$TMP/out.jsonl" >> "$OUT/results.jsonl"

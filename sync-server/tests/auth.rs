@@ -553,3 +553,54 @@ mod real_client {
         }
     }
 }
+
+#[tokio::test]
+async fn an_editors_sync_message_with_several_changes_is_accepted() {
+    // automerge 0.12 packs every change of a sync message into ONE chunk once the other side
+    // has announced v2 messages (which the server does); the rule check must still read each
+    // change of that chunk, not refuse it as undecodable.
+    let room = Room::start().await;
+    let mut alice = room.join("alice", Role::Admin).await;
+    let mut bob = room.join("bob", Role::Editor).await;
+    let mut carol = room.join("carol", Role::Editor).await;
+    let (a, b) = (NodeId::new_v4(), NodeId::new_v4());
+    let mut scene = SceneDoc::new(user("alice")).unwrap();
+    scene.diff_full(&[cube(a), cube(b)], 1).unwrap();
+    scene.commit(None).unwrap();
+    // Enough history that three new changes are sent as changes, not as a whole document
+    // (automerge sends `save()` instead when more than a third of the changes are missing).
+    for i in 0..20 {
+        set_x(&mut scene, a, -f64::from(i));
+    }
+    let doc = DocumentId::random();
+    load_into(&mut alice, &doc, &scene);
+    alice.sync(&doc).await;
+    alice.wait_durable(&doc).await;
+    for c in [&mut bob, &mut carol] {
+        c.request(&doc).await;
+        c.wait_until("the scene", |c| x_of(c, &doc, b).is_some())
+            .await;
+    }
+
+    // Bob makes three edits before his client syncs (offline, or a burst between two
+    // sync rounds): one sync message carries all three.
+    let bytes = bob.docs.get_mut(&doc).unwrap().doc.save();
+    let mut bobs = SceneDoc::load(&bytes, user("bob")).unwrap();
+    set_x(&mut bobs, a, 1.0);
+    set_x(&mut bobs, b, 2.0);
+    set_x(&mut bobs, a, 3.0);
+    load_into(&mut bob, &doc, &bobs);
+    bob.sync(&doc).await;
+    let want: Vec<String> = bob.heads(&doc).iter().map(|h| h.to_string()).collect();
+    bob.wait_until("an ack or a refusal", |c| {
+        !c.errors.is_empty() || c.acks_cover(&doc, &want)
+    })
+    .await;
+    assert!(bob.errors.is_empty(), "refused: {:?}", bob.errors);
+    carol
+        .wait_until("bob's three edits", |c| {
+            x_of(c, &doc, a) == Some(Value::Float(3.0))
+                && x_of(c, &doc, b) == Some(Value::Float(2.0))
+        })
+        .await;
+}

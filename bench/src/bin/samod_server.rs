@@ -10,7 +10,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let port = std::env::args().nth(1).unwrap_or_else(|| "0".into());
-    let dir = std::env::args().nth(2).unwrap_or_else(|| "samod-data".into());
+    let dir = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "samod-data".into());
     let repo = samod::Repo::build_tokio()
         .with_storage(samod::storage::TokioFilesystemStorage::new(&dir))
         .load()

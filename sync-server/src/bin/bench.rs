@@ -312,7 +312,14 @@ async fn run_client(
     // every edit to one root key would make the root map's history grow with every edit
     // and measure that, not the scene.
     let target = {
-        let node_key = format!("n{}", c.peer.as_str().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) % 10_000);
+        let node_key = format!(
+            "n{}",
+            c.peer
+                .as_str()
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+                % 10_000
+        );
         doc.get(ROOT, "nodes")?
             .and_then(|(_, nodes)| doc.get(&nodes, node_key.as_str()).ok().flatten())
             .and_then(|(_, node)| doc.get(&node, "parms").ok().flatten())

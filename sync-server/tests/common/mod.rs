@@ -315,10 +315,13 @@ impl Client {
 
     /// Next protocol message (pings answered by tungstenite), `None` once closed.
     pub async fn next_message(&mut self) -> Option<Message> {
+        // One deadline for the message, not per frame: the server's pings must not keep a
+        // test that waits for a message that never comes running forever.
+        let deadline = tokio::time::Instant::now() + STEP;
         loop {
-            let frame = tokio::time::timeout(STEP, self.ws.next())
+            let frame = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .expect("no frame within the step deadline");
+                .expect("no message within the step deadline");
             match frame {
                 Some(Ok(WsMessage::Binary(b))) => {
                     return Some(wire::decode(&b).expect("server frames decode"));
