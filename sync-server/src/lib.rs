@@ -4,6 +4,7 @@
 //! machine over `tandem_core::wire` messages) ← the tokio layer ([`server`], which only
 //! moves bytes: HTTP routing, WebSocket framing, queues, timers).
 
+mod chunks;
 pub mod config;
 pub mod history;
 pub mod metrics;

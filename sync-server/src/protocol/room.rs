@@ -26,6 +26,7 @@ use tandem_core::wire::{
 use tandem_core::{Role, RuleChecker, UserId};
 
 use super::close_code;
+use crate::chunks::{CHUNK_BUNDLE, CHUNK_DOCUMENT, storage_chunks};
 use crate::store::LoadedDoc;
 
 /// A connection, unique for the life of the server process.
@@ -309,52 +310,6 @@ fn incoming_changes(doc: &Automerge, chunks: &sync::ChunkList) -> Result<Vec<Cha
         }
     }
     out.retain(|c| doc.get_change_by_hash(&c.hash()).is_none());
-    Ok(out)
-}
-
-/// Automerge storage chunk types (the byte after the magic bytes and the checksum).
-const CHUNK_DOCUMENT: u8 = 0;
-const CHUNK_BUNDLE: u8 = 3;
-const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
-
-/// Splits bytes into the storage chunks they hold back to back: `(type, chunk bytes)`.
-/// Untrusted input: every length is checked, nothing panics.
-fn storage_chunks(mut bytes: &[u8]) -> Result<Vec<(u8, &[u8])>, String> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let bad = |why: &str| Err(format!("undecodable change chunk: {why}"));
-        if bytes.len() < 9 || bytes[..4] != MAGIC {
-            return bad("bad chunk header");
-        }
-        let kind = bytes[8];
-        if kind > CHUNK_BUNDLE {
-            return bad("unknown chunk type");
-        }
-        let (mut len, mut shift, mut at) = (0u64, 0u32, 9usize);
-        loop {
-            let Some(&b) = bytes.get(at) else {
-                return bad("truncated chunk length");
-            };
-            at += 1;
-            if shift > 63 {
-                return bad("chunk length too large");
-            }
-            len |= u64::from(b & 0x7f) << shift;
-            shift += 7;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| at.checked_add(l))
-            .filter(|&e| e <= bytes.len());
-        let Some(end) = end else {
-            return bad("chunk longer than the message");
-        };
-        out.push((kind, &bytes[..end]));
-        bytes = &bytes[end..];
-    }
     Ok(out)
 }
 

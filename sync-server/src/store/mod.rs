@@ -335,44 +335,16 @@ impl Store {
 
 /// Split a record (concatenated change chunks, as `Automerge::save_after` writes them) into
 /// verified changes. Any malformed chunk or bad checksum fails the whole record.
-pub fn split_changes(mut data: &[u8]) -> Result<Vec<automerge::Change>, String> {
-    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+pub fn split_changes(data: &[u8]) -> Result<Vec<automerge::Change>, String> {
     let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 10 || data[..4] != MAGIC {
-            return Err("bad chunk header".into());
-        }
-        // magic (4) + checksum (4) + type (1) + uLEB128 length + body
-        let mut len: u64 = 0;
-        let mut shift = 0;
-        let mut i = 9;
-        loop {
-            let b = *data.get(i).ok_or("truncated chunk length")?;
-            if shift > 56 {
-                return Err("chunk length overflows".into());
-            }
-            len |= u64::from(b & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = usize::try_from(len)
-            .ok()
-            .and_then(|l| i.checked_add(l))
-            .ok_or("chunk length overflows")?;
-        if end > data.len() {
-            return Err("truncated chunk".into());
-        }
-        let change = automerge::Change::try_from(&data[..end]).map_err(|e| e.to_string())?;
+    for (_, chunk) in crate::chunks::storage_chunks(data)? {
+        let change = automerge::Change::try_from(chunk).map_err(|e| e.to_string())?;
         // The header checksum is the first 4 bytes of the change hash; automerge does not
         // check it when parsing, so we do.
-        if change.hash().0[..4] != data[4..8] {
+        if change.hash().0[..4] != chunk[4..8] {
             return Err("chunk checksum mismatch".into());
         }
         out.push(change);
-        data = &data[end..];
     }
     Ok(out)
 }
