@@ -540,6 +540,11 @@ impl SceneDoc {
         !self.pending.is_empty()
     }
 
+    /// When the oldest uncommitted edit was diffed in (milliseconds since the Unix epoch).
+    pub fn pending_since_ms(&self) -> Option<i64> {
+        self.pending_since_ms
+    }
+
     /// Commits pending edits if the oldest is at least `interval_ms` old: call it every tick
     /// so a drag commits a few changes a second, each with the latest values.
     pub fn commit_due(&mut self, now_ms: i64, interval_ms: i64) -> Result<Option<ChangeHash>> {

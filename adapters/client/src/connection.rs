@@ -34,7 +34,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Sync messages with more changes than this are applied in chunks before the sync protocol
 /// sees them.
-const PRE_APPLY_THRESHOLD: usize = 16;
 
 /// What the host's handles ask of the network task.
 #[derive(Debug)]
@@ -167,6 +166,8 @@ fn fatal(shared: &SessionShared, e: Error) {
 fn after_disconnect(shared: &SessionShared) {
     for d in shared.open_docs() {
         let mut i = d.lock();
+        // What the last connection sent belongs to its sync session: apply it now.
+        i.apply_held(true, shared.opts.compact_min_bytes);
         i.sync = sync::State::decode(&i.sync.encode()).unwrap_or_default();
         i.announced = false;
         i.state_dirty = true;
@@ -390,6 +391,11 @@ impl Conn {
         let mut ping = tokio::time::interval_at(Instant::now() + o.ping_interval, o.ping_interval);
         let mut presence =
             tokio::time::interval_at(Instant::now() + o.presence_interval, o.presence_interval);
+        // Sync messages held for a host's commit (scene::HOLD_FOR_COMMIT_MS) are looked at
+        // this often.
+        let hold = Duration::from_millis(crate::scene::HOLD_FOR_COMMIT_MS as u64 / 5);
+        let mut held = tokio::time::interval_at(Instant::now() + hold, hold);
+        held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
@@ -443,6 +449,16 @@ impl Conn {
                     }
                     if timeout(o.idle_timeout, self.ws.send(WsMessage::Ping(Vec::new().into()))).await.is_err() {
                         return Err(End::Lost("ping timed out".into()));
+                    }
+                }
+                _ = held.tick() => {
+                    for d in self.shared.open_docs() {
+                        let applied = d.lock().apply_held(false, o.compact_min_bytes);
+                        if applied {
+                            d.cv.notify_all();
+                            let frames = self.sync_frames(&d);
+                            self.send_all(frames).await?;
+                        }
                     }
                 }
                 _ = presence.tick() => {
@@ -508,6 +524,8 @@ impl Conn {
         if !d.lock().announced {
             return self.announce(d).await;
         }
+        d.lock().apply_held(false, self.shared.opts.compact_min_bytes);
+        d.cv.notify_all();
         let frames = self.sync_frames(d);
         self.send_all(frames).await
     }
@@ -745,8 +763,8 @@ impl Conn {
         true
     }
 
-    /// Applies one sync message: commits and logs local pending edits first, logs the new
-    /// changes, queues the events, and returns the replies.
+    /// Takes one sync message: applies it (and any held before it) unless the host holds
+    /// edits it is about to commit, and returns the replies.
     fn apply_sync(&self, d: &DocShared, data: &[u8]) -> Vec<Message> {
         let msg = match sync::Message::decode(data) {
             Ok(m) => m,
@@ -756,47 +774,11 @@ impl Conn {
             }
         };
         {
-            let mut guard = d.lock();
-            let i = &mut *guard;
-            if let Err(e) = i.commit_logged(None) {
-                tracing::warn!(error = %e, "commit before apply failed");
+            let mut i = d.lock();
+            i.held.push_back(msg);
+            if !i.apply_held(false, self.shared.opts.compact_min_bytes) {
+                return Vec::new();
             }
-            let before = i.scene.heads();
-            if msg.changes.len() > PRE_APPLY_THRESHOLD {
-                // Automerge applies many changes in one call far more slowly than in small
-                // batches (FACTS.md): apply them through the scene in chunks first; the sync
-                // protocol then sees changes it already has.
-                let parsed: Option<Vec<automerge::Change>> = msg
-                    .changes
-                    .iter()
-                    .map(|c| automerge::Change::from_bytes(c.to_vec()).ok())
-                    .collect();
-                if let Some(changes) = parsed {
-                    match i.scene.apply_changes(changes) {
-                        Ok(events) => i.events.extend(events),
-                        Err(e) => tracing::warn!(error = %e, "chunked apply failed"),
-                    }
-                }
-            }
-            match i.scene.receive_sync_message(&mut i.sync, msg) {
-                Ok(events) => i.events.extend(events),
-                Err(e) => {
-                    tracing::warn!(error = %e, doc = %d.id, "sync message refused");
-                    i.last_error = Some(format!("sync message refused: {e}"));
-                }
-            }
-            i.on_server = Some(true);
-            i.ask_first = false;
-            if i.scene.heads() != before {
-                if let Err(e) = i.log_since(&before) {
-                    tracing::error!(error = %e, "appending received changes to the replica failed");
-                    i.last_error = Some(e.to_string());
-                }
-                // New changes are saved once the ack of our reply says so.
-                i.saved = false;
-            }
-            i.state_dirty = true;
-            i.maybe_compact(self.shared.opts.compact_min_bytes);
         }
         self.sync_frames(d)
     }

@@ -49,6 +49,17 @@ pub struct Refusal {
 /// them must not grow without bound).
 const MAX_REFUSALS: usize = 1000;
 
+/// How long remote changes wait for the host to commit the edits it has diffed in.
+/// Applying remote changes first commits pending edits; waiting a moment keeps a diff and
+/// the commit that names it (`commit(Some("block out"))`) one change. Past this age the
+/// pending edits are committed without a message and the remote changes applied.
+pub(crate) const HOLD_FOR_COMMIT_MS: i64 = 250;
+
+/// Automerge applies many changes in one call far more slowly than in small batches
+/// (FACTS.md): a sync message with more than this many changes is applied through the
+/// scene first.
+const PRE_APPLY_THRESHOLD: usize = 16;
+
 pub(crate) struct PeerPresence {
     pub(crate) user: String,
     pub(crate) state: serde_json::Value,
@@ -89,6 +100,9 @@ pub(crate) struct DocInner {
     pub(crate) refusals: VecDeque<Refusal>,
     /// Request ids below this were sent before the last rebase after a refusal.
     pub(crate) rebase_epoch: u64,
+    /// Sync messages received while the host held uncommitted edits, oldest first
+    /// (see [`HOLD_FOR_COMMIT_MS`]).
+    pub(crate) held: VecDeque<sync::Message>,
 }
 
 /// An open document, shared by the host's handles and the network task.
@@ -132,6 +146,7 @@ impl DocShared {
             state_dirty: false,
             refusals: VecDeque::new(),
             rebase_epoch: 0,
+            held: VecDeque::new(),
         };
         if fresh {
             // Make the directory a replica at once (genesis), so a restart finds it.
@@ -199,6 +214,68 @@ impl DocInner {
             self.saved = false;
         }
         Ok(hash)
+    }
+
+    /// Applies the held sync messages unless the host's uncommitted edits are younger than
+    /// [`HOLD_FOR_COMMIT_MS`] (`force` applies them regardless). Pending edits are committed
+    /// first, without a message. Returns whether anything was applied.
+    pub(crate) fn apply_held(&mut self, force: bool, compact_min_bytes: u64) -> bool {
+        if self.held.is_empty() {
+            return false;
+        }
+        let young = self
+            .scene
+            .pending_since_ms()
+            .is_some_and(|since| now_ms().saturating_sub(since) < HOLD_FOR_COMMIT_MS);
+        if young && self.scene.has_pending() && !force {
+            return false;
+        }
+        if let Err(e) = self.commit_logged(None) {
+            tracing::warn!(error = %e, "commit before apply failed");
+        }
+        while let Some(msg) = self.held.pop_front() {
+            self.receive_sync(msg);
+        }
+        self.maybe_compact(compact_min_bytes);
+        true
+    }
+
+    /// Applies one sync message (pending edits already committed): logs the new changes and
+    /// queues the events.
+    fn receive_sync(&mut self, msg: sync::Message) {
+        let before = self.scene.heads();
+        if msg.changes.len() > PRE_APPLY_THRESHOLD {
+            // The sync protocol then sees changes it already has.
+            let parsed: Option<Vec<automerge::Change>> = msg
+                .changes
+                .iter()
+                .map(|c| automerge::Change::from_bytes(c.to_vec()).ok())
+                .collect();
+            if let Some(changes) = parsed {
+                match self.scene.apply_changes(changes) {
+                    Ok(events) => self.events.extend(events),
+                    Err(e) => tracing::warn!(error = %e, "chunked apply failed"),
+                }
+            }
+        }
+        match self.scene.receive_sync_message(&mut self.sync, msg) {
+            Ok(events) => self.events.extend(events),
+            Err(e) => {
+                tracing::warn!(error = %e, "sync message refused");
+                self.last_error = Some(format!("sync message refused: {e}"));
+            }
+        }
+        self.on_server = Some(true);
+        self.ask_first = false;
+        if self.scene.heads() != before {
+            if let Err(e) = self.log_since(&before) {
+                tracing::error!(error = %e, "appending received changes to the replica failed");
+                self.last_error = Some(e.to_string());
+            }
+            // New changes are saved once the ack of our reply says so.
+            self.saved = false;
+        }
+        self.state_dirty = true;
     }
 
     /// Appends every change newer than `before` to the log.
@@ -364,7 +441,9 @@ impl Scene {
     }
 
     /// Commits pending edits as one change (written to the replica with fsync, then sent).
-    /// Returns the change hash, or `None` when nothing was pending.
+    /// Returns the change hash, or `None` when nothing was pending. Remote changes that
+    /// arrive after a diff wait for this commit, at most 250 ms; past that the pending edits
+    /// are committed without a message so the remote changes can be applied.
     pub fn commit(&self, message: Option<&str>) -> Result<Option<String>> {
         let hash = self.doc.lock().commit_logged(message)?;
         if hash.is_some() {
