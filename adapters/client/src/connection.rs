@@ -32,9 +32,6 @@ use crate::session::{ChatLine, ClientEvent, ConnectionState, SessionShared, lock
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Sync messages with more changes than this are applied in chunks before the sync protocol
-/// sees them.
-
 /// What the host's handles ask of the network task.
 #[derive(Debug)]
 pub(crate) enum Cmd {
