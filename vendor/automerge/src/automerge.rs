@@ -260,6 +260,8 @@ pub struct Automerge {
     actor: Actor,
     /// The current author.
     author: Option<Author<'static>>,
+    /// TANDEM PATCH 3: the bytes of recently added changes (see `recent_changes.rs`).
+    pub(crate) recent: crate::recent_changes::RecentChanges,
 }
 
 impl Automerge {
@@ -273,6 +275,7 @@ impl Automerge {
             deps: Default::default(),
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            recent: Default::default(),
         }
     }
 
@@ -313,6 +316,7 @@ impl Automerge {
             deps: Default::default(),
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            recent: Default::default(),
         }
     }
 
@@ -328,6 +332,7 @@ impl Automerge {
             deps,
             actor: Actor::Unused(ActorId::random()),
             author: None,
+            recent: Default::default(),
         };
         doc.remove_unused_actors(false);
         doc
@@ -738,6 +743,10 @@ impl Automerge {
     where
         I: IntoIterator<Item = ChangeHash>,
     {
+        let hashes: Vec<ChangeHash> = hashes.into_iter().collect();
+        if let Some(kept) = self.recent.all(&hashes) {
+            return Ok(kept);
+        }
         ChangeCollector::for_hashes(&self.ops, &self.change_graph, hashes)
     }
 
@@ -1296,6 +1305,7 @@ impl Automerge {
         self.change_graph
             .add_change(change, actor_index, &mut self.authors)
             .expect("Change's deps should already be in the document");
+        self.recent.insert(change);
     }
 
     fn insert_actor(&mut self, index: usize, actor: ActorId) -> usize {
@@ -1510,6 +1520,12 @@ impl Automerge {
     }
 
     pub fn get_changes(&self, have_deps: &[ChangeHash]) -> Vec<Change> {
+        if !have_deps.is_empty() {
+            let hashes = self.change_graph.get_hashes(have_deps);
+            if let Some(kept) = self.recent.all(&hashes) {
+                return kept;
+            }
+        }
         ChangeCollector::exclude_hashes(&self.ops, &self.change_graph, have_deps)
     }
 
@@ -2263,6 +2279,9 @@ impl ReadDoc for Automerge {
     }
 
     fn get_change_by_hash(&self, hash: &ChangeHash) -> Option<Change> {
+        if let Some(kept) = self.recent.get(hash) {
+            return Some(kept);
+        }
         ChangeCollector::for_hashes(&self.ops, &self.change_graph, [*hash])
             .ok()?
             .pop()

@@ -857,8 +857,23 @@ impl ChangeGraph {
         changes: &mut BTreeSet<ChangeHash>,
         heads: &[ChangeHash],
     ) {
+        // TANDEM PATCH 4: this walked every ancestor of `heads` — the whole history — on
+        // every sync message received. A change's parents are added before it, so they have
+        // smaller indexes: below the oldest of `changes` there is nothing left to find, and
+        // once `changes` is empty there is nothing to look for.
+        let Some(oldest) = changes
+            .iter()
+            .filter_map(|h| self.nodes_by_hash.get(h))
+            .min()
+            .copied()
+        else {
+            return;
+        };
         let nodes = self.heads_to_nodes(heads);
         self.traverse_ancestors(nodes.collect(), |idx| {
+            if idx < oldest || changes.is_empty() {
+                return false;
+            }
             let hash = &self.hashes[idx.0 as usize];
             changes.remove(hash);
             true
@@ -1112,6 +1127,30 @@ mod tests {
         let expected_changes = vec![change3, change4].into_iter().collect::<BTreeSet<_>>();
 
         assert_eq!(changes, expected_changes);
+    }
+
+    /// TANDEM PATCH 4: the pruned walk still removes every ancestor, and only those.
+    #[test]
+    fn remove_ancestors_in_a_long_history() {
+        let mut builder = TestGraphBuilder::new();
+        let a = builder.actor();
+        let b = builder.actor();
+        let mut chain = vec![builder.change(&a, 1, &[])];
+        for _ in 0..200 {
+            let last = *chain.last().unwrap();
+            chain.push(builder.change(&a, 1, &[last]));
+        }
+        let side = builder.change(&b, 1, &[chain[100]]);
+        let graph = builder.build();
+        let mut changes: BTreeSet<_> = [chain[3], chain[150], chain[200], side].into();
+        graph.remove_ancestors(&mut changes, &[chain[200]]);
+        assert_eq!(changes, [side].into());
+        let mut changes: BTreeSet<_> = [chain[3], side, chain[199]].into();
+        graph.remove_ancestors(&mut changes, &[side]);
+        assert_eq!(changes, [chain[199]].into());
+        let mut empty = BTreeSet::new();
+        graph.remove_ancestors(&mut empty, &[side]);
+        assert!(empty.is_empty());
     }
 
     struct TestGraphBuilder {

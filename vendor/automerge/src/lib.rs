@@ -284,6 +284,7 @@ pub mod marks;
 pub mod op_set2;
 pub mod patches;
 mod read;
+mod recent_changes;
 mod sequence_tree;
 mod storage;
 pub mod sync;
