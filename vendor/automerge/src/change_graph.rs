@@ -44,6 +44,49 @@ pub(crate) struct ChangeGraph {
     seq_index: Vec<Vec<NodeIdx>>,
     fragment_top: SeqClock,
     fragments: Vec<FragmentNode>,
+    clock_memo: ClockMemo,
+}
+
+/// TANDEM PATCH 5: the clock `seq_clock_for_heads` computed last, with the nodes it was for.
+/// A sync server asks for the clock of the same heads once per peer (each peer's bloom
+/// filter and changes to send start from the heads they share, usually the same for all).
+/// A node's clock never changes once added; actor indexes do, so inserting or removing an
+/// actor clears it.
+#[derive(Default)]
+struct ClockMemo(std::sync::Mutex<Option<(Vec<NodeIdx>, SeqClock)>>);
+
+impl ClockMemo {
+    fn get(&self, nodes: &[NodeIdx]) -> Option<SeqClock> {
+        let memo = self.0.lock().ok()?;
+        match memo.as_ref() {
+            Some((n, clock)) if n.as_slice() == nodes => Some(clock.clone()),
+            _ => None,
+        }
+    }
+
+    fn set(&self, nodes: Vec<NodeIdx>, clock: &SeqClock) {
+        if let Ok(mut memo) = self.0.lock() {
+            *memo = Some((nodes, clock.clone()));
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut memo) = self.0.lock() {
+            *memo = None;
+        }
+    }
+}
+
+impl Clone for ClockMemo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for ClockMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockMemo")
+    }
 }
 
 pub(crate) struct ChangeGraphCols(ChangeGraph);
@@ -102,6 +145,7 @@ impl ChangeGraph {
             seq_index: vec![vec![]; num_actors],
             fragments: vec![],
             fragment_top: SeqClock::new(num_actors),
+            clock_memo: ClockMemo::default(),
         }
     }
 
@@ -149,6 +193,7 @@ impl ChangeGraph {
     }
 
     pub(crate) fn insert_actor(&mut self, idx: usize) {
+        self.clock_memo.clear();
         if self.seq_index.len() != idx {
             for actor_index in &mut self.actors {
                 if actor_index.0 >= idx as u32 {
@@ -167,6 +212,7 @@ impl ChangeGraph {
     }
 
     pub(crate) fn remove_actor(&mut self, idx: usize) {
+        self.clock_memo.clear();
         for actor_index in &mut self.actors {
             if actor_index.0 > idx as u32 {
                 actor_index.0 -= 1;
@@ -806,8 +852,15 @@ impl ChangeGraph {
     }
 
     pub(crate) fn seq_clock_for_heads(&self, heads: &[ChangeHash]) -> SeqClock {
-        let nodes = self.heads_to_nodes(heads);
-        self.calculate_clock(nodes.collect())
+        let mut nodes: Vec<NodeIdx> = self.heads_to_nodes(heads).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        if let Some(clock) = self.clock_memo.get(&nodes) {
+            return clock;
+        }
+        let clock = self.calculate_clock(nodes.iter().copied().collect());
+        self.clock_memo.set(nodes, &clock);
+        clock
     }
 
     fn clock_data_for(&self, idx: NodeIdx) -> Option<u32> {
@@ -1061,6 +1114,7 @@ impl ChangeGraphCols {
             seq_index,
             fragments,
             fragment_top,
+            clock_memo: ClockMemo::default(),
         }))
     }
 }
@@ -1127,6 +1181,34 @@ mod tests {
         let expected_changes = vec![change3, change4].into_iter().collect::<BTreeSet<_>>();
 
         assert_eq!(changes, expected_changes);
+    }
+
+    /// TANDEM PATCH 5: a memoized clock is the computed one, also after a new actor sorts
+    /// before the known ones (which renumbers actor indexes).
+    #[test]
+    fn memoized_clocks_survive_new_actors() {
+        use crate::transaction::Transactable;
+        let mut a = crate::AutoCommit::new().with_actor("ff".try_into().unwrap());
+        for i in 0..40 {
+            a.put(crate::ROOT, "k", i as i64).unwrap();
+            a.commit();
+        }
+        let mid = a.get_heads();
+        for i in 0..5 {
+            a.put(crate::ROOT, "k", i as i64).unwrap();
+            a.commit();
+        }
+        let first: Vec<_> = a.document().get_changes(&mid).iter().map(|c| c.hash()).collect();
+        assert_eq!(first.len(), 5);
+        let mut b = a.fork().with_actor("00".try_into().unwrap());
+        b.put(crate::ROOT, "b", 1).unwrap();
+        b.commit();
+        a.merge(&mut b).unwrap();
+        let after: Vec<_> = a.document().get_changes(&mid).iter().map(|c| c.hash()).collect();
+        let loaded = crate::Automerge::load(&a.save()).unwrap();
+        let fresh: Vec<_> = loaded.get_changes(&mid).iter().map(|c| c.hash()).collect();
+        assert_eq!(after.len(), 6);
+        assert_eq!(after, fresh);
     }
 
     /// TANDEM PATCH 4: the pruned walk still removes every ancestor, and only those.
