@@ -154,11 +154,18 @@ pub(crate) enum RulesLoc {
     GrantParm(NodeId, String),
 }
 
-/// Object id → location, filled lazily from `parents()` and kept for good: in a map, an
-/// object never moves, so its location never changes.
+/// Object id → location, filled lazily and kept for good: in a map, an object never moves,
+/// so its location never changes.
+///
+/// A miss climbs the object index (`parent_object_id`, vendored automerge patch 6) and
+/// finds the object's key among its parent's few keys. The one big map, `nodes`, is
+/// indexed in one pass the first time a node object is needed: finding a key there any
+/// other way scans it. Only when that fails (an object this index has not seen created
+/// since the pass) does it fall back to automerge's `parents()`, which scans the op set.
 #[derive(Debug, Default)]
 pub(crate) struct ObjIndex {
     locs: HashMap<(u64, automerge::ActorId), Loc>,
+    nodes_indexed: bool,
 }
 
 impl ObjIndex {
@@ -174,13 +181,66 @@ impl ObjIndex {
         if let Some(loc) = self.locs.get(&key) {
             return loc.clone();
         }
-        let loc = resolve(doc, &opid.to_string());
+        let id = ObjId::Id(opid.counter(), opid.actor().clone(), 0);
+        let loc = self
+            .climb(doc, &id, 0)
+            .unwrap_or_else(|| resolve(doc, &opid.to_string()));
         // Unresolvable objects (e.g. inside a node deleted in the same batch) are not cached:
         // they may be resolvable later only if they exist, and cost nothing to retry.
         if loc != Loc::Elsewhere {
             self.locs.insert(key, loc.clone());
         }
         loc
+    }
+
+    /// The location of `obj` from its parent's, without `parents()`; `None` when this way
+    /// does not find it.
+    fn climb(&mut self, doc: &automerge::Automerge, obj: &ObjId, depth: usize) -> Option<Loc> {
+        let ObjId::Id(ctr, actor, _) = obj else {
+            return Some(Loc::Root);
+        };
+        let key = (*ctr, actor.clone());
+        if let Some(loc) = self.locs.get(&key) {
+            return Some(loc.clone());
+        }
+        if depth > 16 {
+            return None;
+        }
+        let parent = doc.parent_object_id(obj)?;
+        let parent_loc = self.climb(doc, &parent, depth + 1)?;
+        let loc = if parent_loc == Loc::Nodes {
+            if self.nodes_indexed {
+                return None;
+            }
+            self.index_nodes(doc, &parent);
+            self.locs.get(&key)?.clone()
+        } else {
+            let prop = doc
+                .map_range(&parent, ..)
+                .find(|item| matches!(&item.value, automerge::ValueRef::Object(_)) && item.id() == *obj)?
+                .key
+                .into_owned();
+            parent_loc.child(&prop)
+        };
+        if loc != Loc::Elsewhere {
+            self.locs.insert(key, loc.clone());
+        }
+        Some(loc)
+    }
+
+    /// Records the location of every node object in the `nodes` map, once.
+    fn index_nodes(&mut self, doc: &automerge::Automerge, nodes: &ObjId) {
+        self.nodes_indexed = true;
+        for item in doc.map_range(nodes, ..) {
+            if !matches!(item.value, automerge::ValueRef::Object(_)) {
+                continue;
+            }
+            let (ObjId::Id(ctr, actor, _), Ok(node)) = (item.id(), item.key.parse::<NodeId>())
+            else {
+                continue;
+            };
+            self.locs.insert((ctr, actor), Loc::Node(node));
+        }
     }
 }
 
@@ -384,5 +444,69 @@ mod tests {
         );
         assert_eq!(locate_path(&p(&["nodes", "not-a-uuid"])), Loc::Elsewhere);
         assert_eq!(locate_path(&p(&["chat"])), Loc::Elsewhere);
+    }
+
+    /// Every object of a scene (nodes, their fields, nested parm values, locks and grants)
+    /// is located by the index's climb exactly as by `parents()`, in the document that made
+    /// it and in one loaded from bytes.
+    #[test]
+    fn the_climb_locates_every_object_like_parents() {
+        use crate::{Role, SceneDoc};
+        let user = UserId::new("alice").unwrap();
+        let mut scene = SceneDoc::new(user.clone()).unwrap();
+        let a = NodeId::new_v4();
+        let nodes: Vec<Node> = (0..30)
+            .map(|i| {
+                let mut n = Node::new(NodeId::new_v4(), "test/box", format!("n{i}"))
+                    .with_parm("tx", Value::Float(f64::from(i)))
+                    .with_parm("v", Value::Vector(vec![crate::value::Scalar::Float(1.0), crate::value::Scalar::Float(f64::from(i))]));
+                if i > 0 {
+                    n = n.with_parent(a);
+                    n.inputs.insert("in".into(), Input::from_node(a));
+                }
+                n
+            })
+            .chain([Node::new(a, "test/group", "a")])
+            .collect();
+        scene.diff_full(&nodes, 1).unwrap();
+        scene.commit(None).unwrap();
+        scene.lock(nodes[3].id, true, Role::Admin, 2).unwrap();
+        scene.grant(nodes[4].id, "tx", &[user], Role::Admin, 3).unwrap();
+        let loaded = automerge::Automerge::load(&scene.save().unwrap()).unwrap();
+        for doc in [scene.doc(), &loaded] {
+            let mut objects = Vec::new();
+            let mut stack = vec![ObjId::Root];
+            while let Some(obj) = stack.pop() {
+                let children: Vec<ObjId> = match doc.object_type(&obj) {
+                    Ok(automerge::ObjType::Map) | Err(_) => doc
+                        .map_range(&obj, ..)
+                        .filter(|i| matches!(i.value, automerge::ValueRef::Object(_)))
+                        .map(|i| i.id())
+                        .collect(),
+                    Ok(_) => doc
+                        .list_range(&obj, ..)
+                        .filter(|i| matches!(i.value, automerge::ValueRef::Object(_)))
+                        .map(|i| i.id())
+                        .collect(),
+                };
+                stack.extend(children.iter().cloned());
+                objects.extend(children);
+            }
+            assert!(objects.len() > 100, "{}", objects.len());
+            let mut index = ObjIndex::default();
+            let mut located = 0;
+            for obj in &objects {
+                let ObjId::Id(ctr, actor, _) = obj else { unreachable!() };
+                let legacy = automerge::legacy::ObjectId::Id(automerge::legacy::OpId::new(
+                    *ctr,
+                    actor,
+                ));
+                let want = resolve(doc, &obj.to_string());
+                located += usize::from(want != Loc::Elsewhere);
+                assert_eq!(index.climb(doc, obj, 0), Some(want.clone()), "{obj}");
+                assert_eq!(ObjIndex::default().locate(doc, &legacy), want, "{obj}");
+            }
+            assert!(located > 100, "{located}");
+        }
     }
 }

@@ -4,8 +4,8 @@
 //! `cargo bench -p tandem-server --bench room -- [NODES:PEERS ...]`
 //! (default: 10000:1 10000:10 10000:50 100000:1 100000:10).
 //!
-//! Peers are full automerge replicas loaded from the same N-node × 20-parm scene (nodes →
-//! parms map, as `core/benches/apply.rs`); editors take turns changing one parm of a random
+//! Peers are full automerge replicas loaded from the same N-node × 20-parm scene (nodes
+//! keyed by node id → parms map, as `core/benches/apply.rs`); editors take turns changing one parm of a random
 //! node and pushing it, like a drag sending a change per tick. Only the room's own calls
 //! (`receive_frame`, `flush`, `persisted`) are timed: the peers applying the change is the
 //! clients' cost, not the server's. Peers connect as editors, so the rule check runs too.
@@ -38,11 +38,16 @@ impl DocSource for Source {
     }
 }
 
+/// Node keys are node ids (UUIDs), as in a Tandem scene, so the rule check sees nodes.
+fn node_key(i: usize) -> String {
+    format!("{i:08x}-0000-4000-8000-{i:012x}")
+}
+
 fn build(n: usize) -> Vec<u8> {
     let mut d = AutoCommit::new();
     let nodes = d.put_object(ROOT, "nodes", ObjType::Map).unwrap();
     for i in 0..n {
-        let node = d.put_object(&nodes, format!("n{i}"), ObjType::Map).unwrap();
+        let node = d.put_object(&nodes, node_key(i), ObjType::Map).unwrap();
         d.put(&node, "kind", "bench").unwrap();
         let parms = d.put_object(&node, "parms", ObjType::Map).unwrap();
         for p in 0..PARMS {
@@ -84,7 +89,7 @@ impl Bench {
         .encode()
     }
 
-    fn to_room(&mut self, p: usize, m: sync::Message) {
+    fn send_to_room(&mut self, p: usize, m: sync::Message) {
         let frame = self.frame(p, m);
         let conn = self.peers[p].conn;
         let t = Instant::now();
@@ -126,7 +131,7 @@ impl Bench {
                 }
             }
             for (p, m) in answers {
-                self.to_room(p, m);
+                self.send_to_room(p, m);
             }
         }
         panic!("the room and its peers did not settle");
@@ -172,7 +177,7 @@ fn run(nodes: usize, npeers: usize, saved: &[u8]) {
     for p in 0..npeers {
         let peer = &mut b.peers[p];
         if let Some(m) = peer.doc.generate_sync_message(&mut peer.state) {
-            b.to_room(p, m);
+            b.send_to_room(p, m);
         }
         b.settle();
     }
@@ -187,14 +192,14 @@ fn run(nodes: usize, npeers: usize, saved: &[u8]) {
         let node = (rng as usize) % nodes;
         let peer = &mut b.peers[p];
         let (_, nodes_obj) = peer.doc.get(ROOT, "nodes").unwrap().unwrap();
-        let (_, n) = peer.doc.get(&nodes_obj, format!("n{node}")).unwrap().unwrap();
+        let (_, n) = peer.doc.get(&nodes_obj, node_key(node)).unwrap().unwrap();
         let (_, parms) = peer.doc.get(&n, "parms").unwrap().unwrap();
         let mut tx = peer.doc.transaction();
         tx.put(&parms, "p0", e as f64).unwrap();
         tx.commit();
         let m = peer.doc.generate_sync_message(&mut peer.state).unwrap();
         b.spent = Duration::ZERO;
-        b.to_room(p, m);
+        b.send_to_room(p, m);
         b.settle();
         per_edit.push(b.spent);
     }

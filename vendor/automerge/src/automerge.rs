@@ -804,6 +804,23 @@ impl Automerge {
         self.ops.id_to_exid(id)
     }
 
+    /// TANDEM PATCH 6: the object that contains `obj`, from the object index — without
+    /// looking up the op that created `obj`, which [`ReadDoc::parents`] does and which
+    /// scans the op set's id column (most of it, in a document with one big map). `None`
+    /// for the root and for ids that are not objects of this document.
+    pub fn parent_object_id(&self, obj: &ExId) -> Option<ExId> {
+        let meta = self.exid_to_obj(obj).ok()?;
+        if meta.id.is_root() {
+            return None;
+        }
+        let parent = self.ops.object_parent(&meta.id)?;
+        Some(if parent.is_root() {
+            ExId::Root
+        } else {
+            self.id_to_exid(parent.0)
+        })
+    }
+
     pub fn diff_opset(&self, other: &Self) -> Result<(), AutomergeError> {
         let (ops_meta1, ops_out1) = self.ops.export();
         let (ops_meta2, ops_out2) = other.ops.export();
