@@ -5,23 +5,48 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tandem_client::Value;
+use tandem_client::{Node, Scene, Session, Value};
+
+/// A server, Alice and Bob in one room, both holding node `base` (Alice made it).
+struct Room {
+    alice: Scene,
+    bob: Scene,
+    base: Node,
+    _sessions: (Session, Session),
+    _server: Server,
+    _tmp: tempfile::TempDir,
+}
+
+impl Room {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = Server::start(&tmp.path().join("data"));
+        let a = connect(&server.url(), "r", "alice", &tmp.path().join("a"));
+        let b = connect(&server.url(), "r", "bob", &tmp.path().join("b"));
+        let alice = a.open_scene(None).unwrap();
+        let bob = b.open_scene(None).unwrap();
+        let base = with(node("base"), "tx", 0.0);
+        alice.diff_full(std::slice::from_ref(&base)).unwrap();
+        alice.commit(None).unwrap();
+        assert!(alice.wait_saved(T));
+        assert!(bob.wait_heads(&alice.heads(), T).unwrap());
+        Self {
+            alice,
+            bob,
+            base,
+            _sessions: (a, b),
+            _server: server,
+            _tmp: tmp,
+        }
+    }
+}
 
 /// Alice diffs a node in, Bob's change reaches her before she commits: her commit still
 /// carries her message and her edit (the remote change waits for it, briefly).
 #[test]
 fn a_commit_keeps_its_edits_and_message_while_remote_changes_arrive() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"));
-    let a = connect(&server.url(), "r", "alice", &tmp.path().join("a"));
-    let b = connect(&server.url(), "r", "bob", &tmp.path().join("b"));
-    let sa = a.open_scene(None).unwrap();
-    let sb = b.open_scene(None).unwrap();
-    let base = with(node("base"), "tx", 0.0);
-    sa.diff_full(std::slice::from_ref(&base)).unwrap();
-    sa.commit(None).unwrap();
-    assert!(sa.wait_saved(T));
-    assert!(sb.wait_heads(&sa.heads(), T).unwrap());
+    let room = Room::start();
+    let (sa, sb, base) = (&room.alice, &room.bob, &room.base);
 
     for round in 0..5 {
         let cube = with(node(&format!("cube{round}")), "tx", 1.0);
@@ -54,17 +79,8 @@ fn a_commit_keeps_its_edits_and_message_while_remote_changes_arrive() {
 /// applied (its edits committed without a message first).
 #[test]
 fn remote_changes_do_not_wait_for_a_commit_that_never_comes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"));
-    let a = connect(&server.url(), "r", "alice", &tmp.path().join("a"));
-    let b = connect(&server.url(), "r", "bob", &tmp.path().join("b"));
-    let sa = a.open_scene(None).unwrap();
-    let sb = b.open_scene(None).unwrap();
-    let base = with(node("base"), "tx", 0.0);
-    sa.diff_full(std::slice::from_ref(&base)).unwrap();
-    sa.commit(None).unwrap();
-    assert!(sa.wait_saved(T));
-    assert!(sb.wait_heads(&sa.heads(), T).unwrap());
+    let room = Room::start();
+    let (sa, sb, base) = (&room.alice, &room.bob, &room.base);
 
     let mine = with(node("uncommitted"), "tx", 2.0);
     sa.diff_nodes(std::slice::from_ref(&mine), &[]).unwrap();
