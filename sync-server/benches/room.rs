@@ -1,8 +1,8 @@
 //! The room's CPU per edit: one editor's change in, every peer's sync message out, every
 //! peer's answer in — the sans-I/O `Room` alone, without sockets, store or client cost.
 //!
-//! `cargo bench -p tandem-server --bench room -- [NODES:PEERS ...]`
-//! (default: 10000:1 10000:10 10000:50 100000:1 100000:10).
+//! `cargo bench -p tandem-server --bench room -- [NODES:PEERS[:EDITORS] ...]`
+//! (default: 10000:1 10000:10 10000:50 100000:1 100000:10; 2 editors, or 1 with 1 peer).
 //!
 //! Peers are full automerge replicas loaded from the same N-node × 20-parm scene (nodes
 //! keyed by node id → parms map, as `core/benches/apply.rs`); editors take turns changing one parm of a random
@@ -23,6 +23,12 @@ use tandem_server::store::LoadedDoc;
 const PARMS: usize = 20;
 const EDITS: usize = 600;
 const EDITORS: usize = 2;
+
+struct Case {
+    nodes: usize,
+    peers: usize,
+    editors: usize,
+}
 
 struct Source(Option<Vec<u8>>);
 
@@ -142,7 +148,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
 }
 
-fn run(nodes: usize, npeers: usize, saved: &[u8]) {
+fn run(case: &Case, saved: &[u8]) {
+    let (nodes, npeers) = (case.nodes, case.peers);
     let doc_id = DocumentId::random();
     let mut room = Room::new("bench", PeerId::from("server"), RoomLimits::default());
     let mut peers = Vec::new();
@@ -183,7 +190,7 @@ fn run(nodes: usize, npeers: usize, saved: &[u8]) {
     }
     let mut per_edit = Vec::with_capacity(EDITS);
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-    let editors = EDITORS.min(npeers);
+    let editors = case.editors.clamp(1, npeers);
     for e in 0..EDITS {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -217,25 +224,39 @@ fn run(nodes: usize, npeers: usize, saved: &[u8]) {
 }
 
 fn main() {
-    let mut cases: Vec<(usize, usize)> = std::env::args()
+    let mut cases: Vec<Case> = std::env::args()
         .skip(1)
         .filter_map(|a| {
-            let (n, p) = a.split_once(':')?;
-            Some((n.parse().ok()?, p.parse().ok()?))
+            let mut it = a.split(':').map(str::parse::<usize>);
+            let nodes = it.next()?.ok()?;
+            let peers = it.next()?.ok()?;
+            let editors = it.next().and_then(Result::ok).unwrap_or(EDITORS);
+            Some(Case {
+                nodes,
+                peers,
+                editors,
+            })
         })
         .collect();
     if cases.is_empty() {
-        cases = vec![(10_000, 1), (10_000, 10), (10_000, 50), (100_000, 1), (100_000, 10)];
+        cases = [(10_000, 1), (10_000, 10), (10_000, 50), (100_000, 1), (100_000, 10)]
+            .into_iter()
+            .map(|(nodes, peers)| Case {
+                nodes,
+                peers,
+                editors: EDITORS,
+            })
+            .collect();
     }
     println!("room CPU per edit ({EDITS} edits; the change in, every peer's message out, every answer in)\n");
     println!("| nodes | peers | editors | p50 ms | p99 ms | mean ms | mean ms per peer |");
     println!("|---|---|---|---|---|---|---|");
     let mut built: Option<(usize, Vec<u8>)> = None;
-    for (nodes, peers) in cases {
-        if built.as_ref().is_none_or(|(n, _)| *n != nodes) {
-            built = Some((nodes, build(nodes)));
+    for case in &cases {
+        if built.as_ref().is_none_or(|(n, _)| *n != case.nodes) {
+            built = Some((case.nodes, build(case.nodes)));
         }
         let saved = &built.as_ref().unwrap().1;
-        run(nodes, peers, saved);
+        run(case, saved);
     }
 }
