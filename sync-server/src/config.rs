@@ -29,6 +29,11 @@ pub struct Config {
     /// A connection that sends nothing (not even a pong) for this long is closed (1008).
     #[serde(with = "millis")]
     pub idle_timeout: Duration,
+    /// How long a room with no connections keeps its documents in memory. A client that
+    /// reconnects within it (a network blip, a restarted DCC) finds them loaded; loading a
+    /// 100k-node scene from the store takes seconds. Zero unloads at the last disconnect.
+    #[serde(with = "millis")]
+    pub keep_idle_documents: Duration,
     /// Frames queued for one connection before it counts as a slow reader and is dropped (1013).
     pub outbound_queue: usize,
     /// Connections accepted at once; more are refused with 1013.
@@ -59,6 +64,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
+            keep_idle_documents: Duration::from_secs(600),
             outbound_queue: 4096,
             max_connections: 10_000,
             max_request_head_bytes: 16 << 10,

@@ -62,6 +62,9 @@ struct ServeArgs {
     /// Milliseconds of silence (no frame, no pong) before closing with 1008 [default: 45000].
     #[arg(long, env = "TANDEM_IDLE_TIMEOUT_MS")]
     idle_timeout_ms: Option<u64>,
+    /// Milliseconds a room with no connections keeps its documents loaded [default: 600000].
+    #[arg(long, env = "TANDEM_KEEP_IDLE_DOCUMENTS_MS")]
+    keep_idle_documents_ms: Option<u64>,
     /// Frames queued per connection before it is dropped as a slow reader [default: 4096].
     #[arg(long, env = "TANDEM_OUTBOUND_QUEUE")]
     outbound_queue: Option<usize>,
@@ -116,6 +119,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.idle_timeout_ms {
             c.idle_timeout = ms(v)
+        }
+        if let Some(v) = self.keep_idle_documents_ms {
+            c.keep_idle_documents = ms(v)
         }
         if let Some(v) = self.outbound_queue {
             c.outbound_queue = v

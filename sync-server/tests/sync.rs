@@ -1,8 +1,12 @@
 //! Integration: a real server on 127.0.0.1:0, a real store in a temp dir, real WebSocket
-//! clients. No sleeps: every wait is on messages, bounded by a deadline.
+//! clients. No sleeps: every wait is on messages, bounded by a deadline (except where the
+//! behaviour is about time: idle documents unloading).
 
 mod common;
 
+use std::time::Duration;
+
+use automerge::ReadDoc;
 use automerge::transaction::Transactable;
 use common::{Client, TestServer, http_get};
 use tandem_core::wire::{ChatMessage, DocumentId, ErrorCode, Message};
@@ -342,5 +346,50 @@ async fn http_endpoints_report_rooms_documents_peers_and_metrics() {
     assert_eq!(http_get(server.addr, "/nope").await.0, 404);
     assert_eq!(http_get(server.addr, "/sync").await.0, 426);
     assert_eq!(http_get(server.addr, "/sync?room=a%2Fb").await.0, 426);
+    server.stop().await;
+}
+
+/// A room with no connections keeps its documents for `keep_idle_documents` (a client that
+/// reconnects finds them loaded), then unloads them; what was stored is served after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_room_keeps_its_documents_for_a_while_then_unloads_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(tmp.path());
+    config.keep_idle_documents = Duration::from_secs(2);
+    let server = TestServer::start_with(config).await;
+    let documents = |body: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix("tandem_documents "))
+            .map(|v| v.trim().to_owned())
+    };
+    let mut a = Client::connect(&server.url("idle"), "ann", true).await;
+    let doc = a.create_doc();
+    a.put(&doc, "x", 1);
+    a.sync(&doc).await;
+    a.wait_durable(&doc).await;
+    a.close().await;
+    // Just after the last client left: still loaded.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (_, body) = http_get(server.addr, "/metrics").await;
+    assert_eq!(documents(&body).as_deref(), Some("1"), "{body}");
+    // Later: unloaded (bounded wait).
+    let mut unloaded = false;
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (_, body) = http_get(server.addr, "/metrics").await;
+        if documents(&body).as_deref() == Some("0") {
+            unloaded = true;
+            break;
+        }
+    }
+    assert!(unloaded, "the idle room's document was never unloaded");
+    let mut b = Client::connect(&server.url("idle"), "bob", true).await;
+    b.request(&doc).await;
+    b.wait_until("document from the store", |c| {
+        c.docs
+            .get(&doc)
+            .is_some_and(|r| r.doc.get(automerge::ROOT, "x").ok().flatten().is_some())
+    })
+    .await;
     server.stop().await;
 }

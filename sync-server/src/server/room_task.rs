@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tandem_core::wire::DocumentId;
 use tokio::sync::{mpsc, oneshot};
@@ -139,6 +140,8 @@ struct Actor {
     peers_changed: bool,
     /// History API writes waiting for their append to be durable: (seq, heads, reply).
     durable_waiters: Vec<(u64, Vec<automerge::ChangeHash>, ServerChangesReply)>,
+    /// When the last connection left (documents are unloaded `keep_idle_documents` later).
+    empty_since: Option<Instant>,
 }
 
 async fn run(
@@ -162,12 +165,19 @@ async fn run(
         summary,
         peers_changed: false,
         durable_waiters: Vec::new(),
+        empty_since: None,
     };
+    let keep = shared.config.keep_idle_documents;
+    let mut idle_check = tokio::time::interval(
+        (keep / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+    );
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop: Option<oneshot::Sender<()>> = None;
     loop {
         tokio::select! {
             biased;
             Some(ev) = internal_rx.recv() => actor.internal(ev),
+            _ = idle_check.tick(), if actor.empty_since.is_some() => actor.unload_if_idle(),
             cmd = rx.recv() => match cmd {
                 Some(RoomCmd::Stop { done }) => { stop = Some(done); }
                 Some(cmd) => span.in_scope(|| actor.command(cmd)),
@@ -205,9 +215,37 @@ async fn run(
 }
 
 impl Actor {
+    /// Unloads the documents once the room has had no connections for
+    /// `keep_idle_documents`.
+    fn unload_if_idle(&mut self) {
+        let keep = self.shared.config.keep_idle_documents;
+        let Some(since) = self.empty_since else {
+            return;
+        };
+        if self.room.connection_count() > 0 {
+            self.empty_since = None;
+            return;
+        }
+        if since.elapsed() < keep {
+            return;
+        }
+        let n = self.room.unload_idle_documents() as u64;
+        let m = &self.shared.metrics.documents_loaded;
+        m.fetch_sub(n.min(m.load(Relaxed)), Relaxed);
+        if n > 0 {
+            self.peers_changed = true;
+            tracing::debug!(documents = n, "unloaded idle documents");
+        }
+        // Not durable yet (unload refused): try again on the next check.
+        if self.room.loaded_documents().next().is_none() {
+            self.empty_since = None;
+        }
+    }
+
     fn command(&mut self, cmd: RoomCmd) {
         match cmd {
             RoomCmd::Connect { conn, info, out } => {
+                self.empty_since = None;
                 tracing::info!(%conn, peer = %info.peer_id, user = info.user.as_deref().unwrap_or(""), tandem = info.tandem, "peer joined");
                 let tandem = info.tandem;
                 self.room.connect(conn, info);
@@ -244,9 +282,8 @@ impl Actor {
                 self.room.disconnect(conn);
                 self.peers_changed = true;
                 if self.room.connection_count() == 0 {
-                    let n = self.room.unload_idle_documents() as u64;
-                    let m = &self.shared.metrics.documents_loaded;
-                    m.fetch_sub(n.min(m.load(Relaxed)), Relaxed);
+                    self.empty_since = Some(Instant::now());
+                    self.unload_if_idle();
                 }
             }
             RoomCmd::Stop { .. } => {}
