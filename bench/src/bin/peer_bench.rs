@@ -193,7 +193,10 @@ struct Conn {
 }
 
 async fn connect(url: &str, name: &str, tandem: bool) -> Res<Conn> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // Nagle off, as Tandem's client, the servers here and Node's `ws` (the Hocuspocus
+    // driver) all do: with it on, an editor's edit written right after an answer waits for
+    // the server's delayed ACK (tens of ms) — a client artefact, not the server's latency.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     let peer = PeerId(format!("{name}-{}", DocumentId::random()));
     let join = Message::Join(Join {
         sender_id: peer.clone(),
