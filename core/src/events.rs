@@ -217,7 +217,9 @@ impl ObjIndex {
         } else {
             let prop = doc
                 .map_range(&parent, ..)
-                .find(|item| matches!(&item.value, automerge::ValueRef::Object(_)) && item.id() == *obj)?
+                .find(|item| {
+                    matches!(&item.value, automerge::ValueRef::Object(_)) && item.id() == *obj
+                })?
                 .key
                 .into_owned();
             parent_loc.child(&prop)
@@ -459,7 +461,13 @@ mod tests {
             .map(|i| {
                 let mut n = Node::new(NodeId::new_v4(), "test/box", format!("n{i}"))
                     .with_parm("tx", Value::Float(f64::from(i)))
-                    .with_parm("v", Value::Vector(vec![crate::value::Scalar::Float(1.0), crate::value::Scalar::Float(f64::from(i))]));
+                    .with_parm(
+                        "v",
+                        Value::Vector(vec![
+                            crate::value::Scalar::Float(1.0),
+                            crate::value::Scalar::Float(f64::from(i)),
+                        ]),
+                    );
                 if i > 0 {
                     n = n.with_parent(a);
                     n.inputs.insert("in".into(), Input::from_node(a));
@@ -471,7 +479,9 @@ mod tests {
         scene.diff_full(&nodes, 1).unwrap();
         scene.commit(None).unwrap();
         scene.lock(nodes[3].id, true, Role::Admin, 2).unwrap();
-        scene.grant(nodes[4].id, "tx", &[user], Role::Admin, 3).unwrap();
+        scene
+            .grant(nodes[4].id, "tx", &[user], Role::Admin, 3)
+            .unwrap();
         let loaded = automerge::Automerge::load(&scene.save().unwrap()).unwrap();
         for doc in [scene.doc(), &loaded] {
             let mut objects = Vec::new();
@@ -496,11 +506,11 @@ mod tests {
             let mut index = ObjIndex::default();
             let mut located = 0;
             for obj in &objects {
-                let ObjId::Id(ctr, actor, _) = obj else { unreachable!() };
-                let legacy = automerge::legacy::ObjectId::Id(automerge::legacy::OpId::new(
-                    *ctr,
-                    actor,
-                ));
+                let ObjId::Id(ctr, actor, _) = obj else {
+                    unreachable!()
+                };
+                let legacy =
+                    automerge::legacy::ObjectId::Id(automerge::legacy::OpId::new(*ctr, actor));
                 let want = resolve(doc, &obj.to_string());
                 located += usize::from(want != Loc::Elsewhere);
                 assert_eq!(index.climb(doc, obj, 0), Some(want.clone()), "{obj}");

@@ -211,7 +211,10 @@ fn run(case: &Case, saved: &[u8]) {
         per_edit.push(b.spent);
     }
     let heads = b.peers[0].doc.get_heads();
-    assert!(b.peers.iter().all(|p| p.doc.get_heads() == heads), "peers converged");
+    assert!(
+        b.peers.iter().all(|p| p.doc.get_heads() == heads),
+        "peers converged"
+    );
     let mean = per_edit.iter().sum::<Duration>().as_secs_f64() * 1e3 / per_edit.len() as f64;
     per_edit.sort();
     println!(
@@ -239,16 +242,24 @@ fn main() {
         })
         .collect();
     if cases.is_empty() {
-        cases = [(10_000, 1), (10_000, 10), (10_000, 50), (100_000, 1), (100_000, 10)]
-            .into_iter()
-            .map(|(nodes, peers)| Case {
-                nodes,
-                peers,
-                editors: EDITORS,
-            })
-            .collect();
+        cases = [
+            (10_000, 1),
+            (10_000, 10),
+            (10_000, 50),
+            (100_000, 1),
+            (100_000, 10),
+        ]
+        .into_iter()
+        .map(|(nodes, peers)| Case {
+            nodes,
+            peers,
+            editors: EDITORS,
+        })
+        .collect();
     }
-    println!("room CPU per edit ({EDITS} edits; the change in, every peer's message out, every answer in)\n");
+    println!(
+        "room CPU per edit ({EDITS} edits; the change in, every peer's message out, every answer in)\n"
+    );
     println!("| nodes | peers | editors | p50 ms | p99 ms | mean ms | mean ms per peer |");
     println!("|---|---|---|---|---|---|---|");
     let mut built: Option<(usize, Vec<u8>)> = None;

@@ -521,7 +521,8 @@ impl Conn {
         if !d.lock().announced {
             return self.announce(d).await;
         }
-        d.lock().apply_held(false, self.shared.opts.compact_min_bytes);
+        d.lock()
+            .apply_held(false, self.shared.opts.compact_min_bytes);
         d.cv.notify_all();
         let frames = self.sync_frames(d);
         self.send_all(frames).await

@@ -52,7 +52,8 @@ fn a_commit_keeps_its_edits_and_message_while_remote_changes_arrive() {
         let cube = with(node(&format!("cube{round}")), "tx", 1.0);
         sa.diff_nodes(std::slice::from_ref(&cube), &[]).unwrap();
         let mut edit = sb.node(base.id).unwrap();
-        edit.parms.insert("ty".into(), Value::Float(f64::from(round)));
+        edit.parms
+            .insert("ty".into(), Value::Float(f64::from(round)));
         sb.diff_nodes(&[edit], &[]).unwrap();
         sb.commit(None).unwrap();
         assert!(sb.wait_saved(T));
@@ -89,7 +90,10 @@ fn remote_changes_do_not_wait_for_a_commit_that_never_comes() {
     sb.diff_nodes(&[edit], &[]).unwrap();
     sb.commit(None).unwrap();
     assert!(sb.wait_saved(T));
-    assert!(sa.wait_heads(&sb.heads(), T).unwrap(), "bob's edit reached alice");
+    assert!(
+        sa.wait_heads(&sb.heads(), T).unwrap(),
+        "bob's edit reached alice"
+    );
     assert_eq!(sa.node(base.id).unwrap().parms["ty"], Value::Float(7.0));
     assert!(!sa.has_pending(), "alice's edit was committed first");
     assert!(sb.wait_heads(&sa.heads(), T).unwrap());

@@ -168,9 +168,8 @@ async fn run(
         empty_since: None,
     };
     let keep = shared.config.keep_idle_documents;
-    let mut idle_check = tokio::time::interval(
-        (keep / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
-    );
+    let mut idle_check =
+        tokio::time::interval((keep / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stop: Option<oneshot::Sender<()>> = None;
     loop {
