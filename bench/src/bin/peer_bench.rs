@@ -517,6 +517,17 @@ async fn late_join(
     Ok((ms, bytes))
 }
 
+/// `full_sync`'s end for a copy of the server's document: the server announced heads, and
+/// they are ours.
+fn heads_agree(d: &mut AutoCommit, s: &sync::State) -> bool {
+    s.their_heads.as_ref().is_some_and(|h| {
+        let (mut a, mut b) = (h.clone(), d.get_heads());
+        a.sort();
+        b.sort();
+        !a.is_empty() && a == b
+    })
+}
+
 /// The server's whole document, through a fresh connection (`request`, then sync until
 /// both sides' heads agree).
 async fn fresh_copy(url: &str, id: &DocumentId) -> Res<AutoCommit> {
@@ -528,14 +539,7 @@ async fn fresh_copy(url: &str, id: &DocumentId) -> Res<AutoCommit> {
         &mut d,
         true,
         Duration::from_secs(120),
-        |d, s| {
-            s.their_heads.as_ref().is_some_and(|h| {
-                let (mut a, mut b) = (h.clone(), d.get_heads());
-                a.sort();
-                b.sort();
-                !a.is_empty() && a == b
-            })
-        },
+        heads_agree,
     )
     .await?;
     let _ = c.ws.close(None).await;
@@ -632,14 +636,7 @@ async fn propagation(
         &mut b_doc,
         true,
         Duration::from_secs(120),
-        |d, s| {
-            s.their_heads.as_ref().is_some_and(|h| {
-                let (mut a, mut b) = (h.clone(), d.get_heads());
-                a.sort();
-                b.sort();
-                a == b
-            })
-        },
+        heads_agree,
     )
     .await?;
     // The server's heads now; every editor starts from them too (nobody edits until the
