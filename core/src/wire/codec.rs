@@ -88,6 +88,14 @@ impl Fields {
         }
     }
 
+    pub(crate) fn opt_bytes(&mut self, field: &'static str) -> Result<Option<Vec<u8>>, WireError> {
+        match self.take(field) {
+            None => Ok(None),
+            Some(Value::Bytes(b)) => Ok(Some(b)),
+            Some(_) => Err(invalid(field, "expected a byte string")),
+        }
+    }
+
     pub(crate) fn opt_str_array(
         &self,
         field: &'static str,

@@ -9,6 +9,12 @@
 //! | `tandem-ack` | `documentId`, `heads` (hex change hashes), `requestId?` | every change in the history of `heads` is fsync'd on the server |
 //! | `tandem-error` | `code`, `message`, `documentId?`, `requestId?`, `node?`, `field?`, `rule?` | a request failed; `code` is one of [`ErrorCode`]; a `forbidden` refusal names the node, field and rule |
 //! | `tandem-chat` | `text`, `user?`, `id?`, `timestamp?`, `requestId?` | a chat line of the room (persisted) |
+//! | `tandem-snapshot` | `documentId`, `heads`, `doc?` (bytes), `index?` (bytes), `requestId?` | answers `tandem-snapshot-request`: the document as one `Automerge::save`, taken at `heads`, with its load index; without `doc` the server has nothing to send this way |
+//!
+//! Peers may send `tandem-chat` (`text`, `requestId?`) and `tandem-snapshot-request`
+//! (`documentId`, `requestId?`). A peer that holds nothing of a document asks for a
+//! snapshot, loads it (with `Automerge::load_with_index` when `index` is present, which
+//! skips rebuilding and hashing every change), then syncs from `heads` as usual.
 //!
 //! Any request may carry `requestId` (an unsigned integer); answers echo it. Presence uses
 //! automerge-repo's own `ephemeral` message, which the server relays to the room.
@@ -275,5 +281,76 @@ impl ChatMessage {
             .opt_u64("timestamp", self.timestamp)
             .opt_u64("requestId", self.request_id)
             .build()
+    }
+}
+
+/// `tandem-snapshot-request`: send me this document as a snapshot (then I sync from its heads).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRequest {
+    /// The document.
+    pub document_id: DocumentId,
+    /// Echoed in the answer.
+    pub request_id: Option<u64>,
+}
+
+impl SnapshotRequest {
+    /// Wire type.
+    pub const KIND: &'static str = "tandem-snapshot-request";
+
+    pub(crate) fn decode(f: &Fields) -> Result<Self, WireError> {
+        Ok(Self {
+            document_id: document_id(f, Self::KIND)?,
+            request_id: f.opt_u64("requestId")?,
+        })
+    }
+
+    pub(crate) fn encode(&self, b: MapBuilder) -> Value {
+        b.str("documentId", self.document_id.as_str())
+            .opt_u64("requestId", self.request_id)
+            .build()
+    }
+}
+
+/// `tandem-snapshot`: a document as one save, taken at `heads`, with its load index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The document.
+    pub document_id: DocumentId,
+    /// Hex change hashes the save was taken at (empty without `doc`).
+    pub heads: Vec<String>,
+    /// `Automerge::save` bytes; `None` when the server has nothing to send this way (the
+    /// document does not exist yet, or is empty): sync normally.
+    pub doc: Option<Vec<u8>>,
+    /// The load index for `doc` (`Automerge::save_with_load_index`), if any.
+    pub index: Option<Vec<u8>>,
+    /// The request's `requestId`.
+    pub request_id: Option<u64>,
+}
+
+impl Snapshot {
+    /// Wire type.
+    pub const KIND: &'static str = "tandem-snapshot";
+
+    pub(crate) fn decode(f: &mut Fields) -> Result<Self, WireError> {
+        Ok(Self {
+            document_id: document_id(f, Self::KIND)?,
+            heads: f.opt_str_array("heads")?.unwrap_or_default(),
+            doc: f.opt_bytes("doc")?,
+            index: f.opt_bytes("index")?,
+            request_id: f.opt_u64("requestId")?,
+        })
+    }
+
+    pub(crate) fn encode(&self, b: MapBuilder) -> Value {
+        let mut b = b
+            .str("documentId", self.document_id.as_str())
+            .value("heads", codec::str_array(&self.heads));
+        if let Some(d) = &self.doc {
+            b = b.value("doc", Value::Bytes(d.clone()));
+        }
+        if let Some(i) = &self.index {
+            b = b.value("index", Value::Bytes(i.clone()));
+        }
+        b.opt_u64("requestId", self.request_id).build()
     }
 }

@@ -3,7 +3,7 @@
 use ciborium::Value;
 
 use super::codec::{self, Fields, MapBuilder, decode_map, encode_value, invalid, str_array};
-use super::ext::{Ack, ChatMessage, TandemError, TandemHello};
+use super::ext::{Ack, ChatMessage, Snapshot, SnapshotRequest, TandemError, TandemHello};
 use super::{DocumentId, PeerId, WireError};
 
 /// The only automerge-repo protocol version there is.
@@ -152,6 +152,10 @@ pub enum Message {
     TandemError(TandemError),
     /// Tandem: a chat message (persisted by the server).
     TandemChat(ChatMessage),
+    /// Tandem: ask for a document as a snapshot with its load index.
+    TandemSnapshotRequest(SnapshotRequest),
+    /// Tandem: a document as a snapshot with its load index.
+    TandemSnapshot(Snapshot),
 }
 
 impl Message {
@@ -171,6 +175,8 @@ impl Message {
             Message::TandemAck(_) => Ack::KIND,
             Message::TandemError(_) => TandemError::KIND,
             Message::TandemChat(_) => ChatMessage::KIND,
+            Message::TandemSnapshotRequest(_) => SnapshotRequest::KIND,
+            Message::TandemSnapshot(_) => Snapshot::KIND,
         }
     }
 
@@ -178,7 +184,11 @@ impl Message {
     pub fn is_extension(&self) -> bool {
         matches!(
             self,
-            Message::TandemAck(_) | Message::TandemError(_) | Message::TandemChat(_)
+            Message::TandemAck(_)
+                | Message::TandemError(_)
+                | Message::TandemChat(_)
+                | Message::TandemSnapshotRequest(_)
+                | Message::TandemSnapshot(_)
         )
     }
 
@@ -190,6 +200,8 @@ impl Message {
             Message::Ephemeral(e) => Some(&e.document_id),
             Message::RemoteHeadsChanged(r) => Some(&r.document_id),
             Message::TandemAck(a) => Some(&a.document_id),
+            Message::TandemSnapshotRequest(r) => Some(&r.document_id),
+            Message::TandemSnapshot(s) => Some(&s.document_id),
             Message::TandemError(e) => e.document_id.as_ref(),
             _ => None,
         }
@@ -271,6 +283,8 @@ impl Message {
             Ack::KIND => Message::TandemAck(Ack::decode(&f)?),
             TandemError::KIND => Message::TandemError(TandemError::decode(&f)?),
             ChatMessage::KIND => Message::TandemChat(ChatMessage::decode(&f)?),
+            SnapshotRequest::KIND => Message::TandemSnapshotRequest(SnapshotRequest::decode(&f)?),
+            Snapshot::KIND => Message::TandemSnapshot(Snapshot::decode(&mut f)?),
             _ => return Err(invalid("type", &format!("unknown message type {kind:?}"))),
         })
     }
@@ -368,6 +382,8 @@ impl Message {
             Message::TandemAck(a) => a.encode(b),
             Message::TandemError(e) => e.encode(b),
             Message::TandemChat(c) => c.encode(b),
+            Message::TandemSnapshotRequest(r) => r.encode(b),
+            Message::TandemSnapshot(s) => s.encode(b),
         }
     }
 }

@@ -22,7 +22,10 @@ mod ids;
 mod message;
 
 pub use error::WireError;
-pub use ext::{Ack, ChatMessage, ErrorCode, TANDEM_PROTOCOL_VERSION, TandemError, TandemHello};
+pub use ext::{
+    Ack, ChatMessage, ErrorCode, Snapshot, SnapshotRequest, TANDEM_PROTOCOL_VERSION, TandemError,
+    TandemHello,
+};
 pub use ids::{DocumentId, PeerId};
 pub use message::{
     Ephemeral, Join, Message, PROTOCOL_VERSION, Peer, PeerMetadata, RemoteHeadsChanged,

@@ -97,7 +97,7 @@ fn samples() -> Vec<Message> {
             ..TandemError::new(
                 ErrorCode::Forbidden,
                 "x of node 6f1c...: locked by alice",
-                Some(doc),
+                Some(doc.clone()),
                 Some(7),
             )
         }),
@@ -106,6 +106,24 @@ fn samples() -> Vec<Message> {
             user: Some("ann".into()),
             text: "hi".into(),
             timestamp: Some(2),
+            request_id: None,
+        }),
+        Message::TandemSnapshotRequest(SnapshotRequest {
+            document_id: doc.clone(),
+            request_id: Some(3),
+        }),
+        Message::TandemSnapshot(Snapshot {
+            document_id: doc.clone(),
+            heads: vec!["ab".repeat(32)],
+            doc: Some(vec![1, 2, 3]),
+            index: Some(vec![4, 5]),
+            request_id: Some(3),
+        }),
+        Message::TandemSnapshot(Snapshot {
+            document_id: doc.clone(),
+            heads: vec![],
+            doc: None,
+            index: None,
             request_id: None,
         }),
     ]

@@ -137,6 +137,23 @@ impl AutoCommit {
         })
     }
 
+    /// TANDEM PATCH 7: [`Automerge::load_with_index`] for an `AutoCommit`.
+    pub fn load_with_index(
+        data: &[u8],
+        index: &[u8],
+    ) -> Result<Self, crate::LoadIndexError> {
+        let doc = Automerge::load_with_index(data, index)?;
+        Ok(Self {
+            doc,
+            transaction: None,
+            patch_log: PatchLog::inactive(),
+            diff_cursor: Vec::new(),
+            diff_cache: None,
+            save_cursor: Vec::new(),
+            isolation: None,
+        })
+    }
+
     pub fn load_unverified_heads(data: &[u8]) -> Result<Self, AutomergeError> {
         let doc = Automerge::load_unverified_heads(data)?;
         Ok(Self {

@@ -192,6 +192,16 @@ impl ChangeGraph {
         self.seq_index.len()
     }
 
+    /// TANDEM PATCH 7: every change's hash, in graph (and saved) order.
+    pub(crate) fn hashes_in_order(&self) -> &[ChangeHash] {
+        &self.hashes
+    }
+
+    /// TANDEM PATCH 7: every change's op count, in graph (and saved) order.
+    pub(crate) fn num_ops_in_order(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.len()).map(|i| self.num_ops.get(i).unwrap_or_default())
+    }
+
     pub(crate) fn insert_actor(&mut self, idx: usize) {
         self.clock_memo.clear();
         if self.seq_index.len() != idx {
@@ -952,6 +962,67 @@ impl ChangeGraph {
 impl ChangeGraphCols {
     pub(crate) fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// TANDEM PATCH 7: `finalize` with each change's hash and op count supplied (from a
+    /// load index, see `load_index.rs`) instead of taken from changes rebuilt from the op
+    /// set. The supplied hashes must give the heads the document chunk names, and none may
+    /// repeat.
+    pub(crate) fn finalize_with_hashes(
+        self,
+        hashes: Vec<ChangeHash>,
+        num_ops: Vec<u64>,
+        authors: &mut Authors,
+    ) -> Result<ChangeGraph, &'static str> {
+        let mut graph = self.0;
+        let len = graph.len();
+        if hashes.len() != len || num_ops.len() != len {
+            return Err("change count differs from the document's");
+        }
+        if num_ops.iter().zip(&graph.max_ops).any(|(n, m)| *n > *m as u64) {
+            return Err("a change has more ops than its max op");
+        }
+        let mut is_dep = vec![false; len];
+        for e in &graph.edges {
+            *is_dep
+                .get_mut(e.target.0 as usize)
+                .ok_or("a dependency is out of range")? = true;
+        }
+        let derived: BTreeSet<ChangeHash> = (0..len)
+            .filter(|i| !is_dep[*i])
+            .map(|i| hashes[i])
+            .collect();
+        if derived != graph.heads {
+            return Err("the supplied hashes do not give the document's heads");
+        }
+        graph.num_ops = num_ops.into_iter().collect();
+        graph.nodes_by_hash.reserve(len);
+        for (idx, hash) in hashes.iter().enumerate() {
+            if graph
+                .nodes_by_hash
+                .insert(*hash, NodeIdx(idx as u32))
+                .is_some()
+            {
+                return Err("a change hash repeats");
+            }
+            let meta = graph.extra_bytes_meta.get(idx).ok_or("extra bytes")?;
+            let range = meta.prefix() as usize..meta.total() as usize;
+            let extra = graph
+                .extra_bytes_raw
+                .get(range)
+                .ok_or("extra bytes out of range")?;
+            if let Some(author) = crate::change::decode_author_footer(extra) {
+                authors.assign_author(author.into_owned(), graph.actors[idx].into());
+            }
+        }
+        graph.hashes = hashes;
+        for n in 0..(len as u32) {
+            if (n + 1) % CACHE_STEP == 0 {
+                graph.cache_clock(NodeIdx(n));
+            }
+        }
+        graph.cache_fragments();
+        Ok(graph)
     }
 
     pub(crate) fn iter(&self) -> ChangeIter<'_> {

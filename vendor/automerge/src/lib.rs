@@ -277,6 +277,7 @@ mod exid;
 pub mod hydrate;
 mod indexed_cache;
 pub mod iter;
+mod load_index;
 pub use iter::Span;
 #[doc(hidden)]
 pub mod legacy;
@@ -308,6 +309,7 @@ pub use error::InvalidChangeHashSlice;
 pub use error::{AutomergeError, PatchLogMismatch};
 pub use exid::{ExId as ObjId, ObjIdFromBytesError};
 pub use legacy::Change as ExpandedChange;
+pub use load_index::LoadIndexError;
 pub use op_set2::{ChangeMetadata, Parent, Parents, ScalarValue as ScalarValueRef, ValueRef};
 pub use patches::{Patch, PatchAction, PatchLog};
 pub use read::{ReadDoc, Stats};

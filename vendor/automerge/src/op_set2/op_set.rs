@@ -31,6 +31,7 @@ use std::sync::Arc;
 mod found_op;
 mod index;
 mod insert;
+pub(crate) mod load_index;
 mod mark_index;
 mod marks;
 mod op_iter;

@@ -228,6 +228,30 @@ impl MarkIndexColumn {
         self.data.len()
     }
 
+    /// TANDEM PATCH 7: the index of `len` ops none of which is a mark.
+    pub(crate) fn unmarked(len: usize) -> Self {
+        let mut data = PrefixColumn::new();
+        if len > 0 {
+            data.splice_runs(
+                0,
+                0,
+                std::iter::once(hexane::Run {
+                    count: len,
+                    value: None,
+                }),
+            );
+        }
+        Self {
+            data,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// TANDEM PATCH 7: whether no op is a mark begin or end (live or not).
+    pub(crate) fn is_unmarked(&self) -> bool {
+        self.cache.is_empty() && self.data.values().iter().runs().all(|r| r.value.is_none())
+    }
+
     pub(crate) fn iter(&self) -> hexane::Iter<'_, Option<MarkIdx>> {
         self.data.values().iter()
     }
