@@ -24,7 +24,7 @@ use automerge::{AutoCommit, ChangeHash, ROOT, ReadDoc, ScalarValue, hydrate};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tandem_core::wire::{
-    DocumentId, Join, Message, PeerId, PeerMetadata, SyncMessage, TandemHello,
+    DocumentId, Join, Message, PeerId, PeerMetadata, SnapshotRequest, SyncMessage, TandemHello,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -498,12 +498,17 @@ async fn late_join(
     room: &str,
     id: &DocumentId,
     heads: &[ChangeHash],
+    tandem: bool,
 ) -> Res<(f64, u64)> {
     let t = Instant::now();
-    let mut c = connect(&server.url(room), "late", false).await?;
-    let mut doc = AutoCommit::new();
+    let mut c = connect(&server.url(room), "late", tandem).await?;
+    let (mut doc, mut bytes) = if tandem {
+        snapshot(&mut c, id).await?
+    } else {
+        (AutoCommit::new(), 0)
+    };
     let want = heads.to_vec();
-    let bytes = full_sync(
+    bytes += full_sync(
         &mut c,
         id,
         &mut doc,
@@ -515,6 +520,35 @@ async fn late_join(
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let _ = c.ws.close(None).await;
     Ok((ms, bytes))
+}
+
+/// Tandem's late join: ask for the document as a snapshot with its load index and load
+/// it (`load_with_index` skips rebuilding and hashing every change); the caller then syncs
+/// what came after it. Falls back to an empty document when the server sends none.
+async fn snapshot(c: &mut Conn, id: &DocumentId) -> Res<(AutoCommit, u64)> {
+    let req = Message::TandemSnapshotRequest(SnapshotRequest {
+        document_id: id.clone(),
+        request_id: None,
+    });
+    c.ws.send(WsMessage::Binary(req.encode().into())).await?;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(120), c.ws.next())
+            .await
+            .map_err(|_| "snapshot timed out")?;
+        let b = match frame {
+            Some(Ok(WsMessage::Binary(b))) => b,
+            Some(Ok(_)) => continue,
+            _ => return Err("connection closed before the snapshot".into()),
+        };
+        if let Message::TandemSnapshot(s) = tandem_core::wire::decode(&b)? {
+            let doc = match (&s.doc, &s.index) {
+                (Some(d), Some(i)) => AutoCommit::load_with_index(d, i)?,
+                (Some(d), None) => AutoCommit::load(d)?,
+                _ => AutoCommit::new(),
+            };
+            return Ok((doc, b.len() as u64));
+        }
+    }
 }
 
 /// `full_sync`'s end for a copy of the server's document: the server announced heads, and
@@ -918,7 +952,7 @@ async fn run(o: Opts) -> Res<()> {
         let mut joins = Vec::new();
         let mut join_bytes = 0;
         for _ in 0..o.joins {
-            let (ms, b) = late_join(&server, &room, &id, &heads).await?;
+            let (ms, b) = late_join(&server, &room, &id, &heads, o.tandem).await?;
             joins.push(ms);
             join_bytes = b;
         }
