@@ -144,6 +144,24 @@ struct Actor {
     empty_since: Option<Instant>,
 }
 
+/// A frame that took this long to handle (a document uploaded or loaded, a snapshot taken)
+/// built and freed enough heap to be worth handing back, see [`release_freed_heap`].
+const HEAVY_FRAME: Duration = Duration::from_millis(100);
+
+/// Hand the heap freed by heavy work back to the system. glibc keeps freed memory in the
+/// arena of the thread that allocated it, and tokio moves a room between threads: after a
+/// 100k-node upload (peak ~360 MB) the server stayed at ~150 MB RSS instead of ~115 MB.
+/// `malloc_trim` walks every arena; it costs a few milliseconds, after work that took 100+.
+#[allow(unsafe_code)]
+fn release_freed_heap() {
+    // SAFETY: `malloc_trim` takes no pointers and only returns free pages of glibc's own
+    // arenas to the system; it is safe to call at any time from any thread.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 async fn run(
     shared: Arc<Shared>,
     name: String,
@@ -258,9 +276,13 @@ impl Actor {
                 let docs_before = self.room.loaded_documents().count();
                 let store = self.shared.store.clone();
                 let room = &mut self.room;
+                let started = Instant::now();
                 let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                     room.receive_frame(conn, &bytes, &mut StoreSource(&store));
                 }));
+                if started.elapsed() >= HEAVY_FRAME {
+                    release_freed_heap();
+                }
                 if r.is_err() {
                     tracing::error!(%conn, "panic while handling a frame; closing that connection");
                     self.close(conn, close_code::INTERNAL, "internal error".into());
