@@ -111,6 +111,18 @@ pub struct SceneDoc {
     pub(crate) refusals: Vec<crate::rules::Forbidden>,
 }
 
+/// A saved document, through its load index when one is given and fits (a stale or damaged
+/// index only costs the slower load).
+pub fn load_automerge(bytes: &[u8], index: Option<&[u8]>) -> Result<Automerge> {
+    if let Some(index) = index {
+        match Automerge::load_with_index(bytes, index) {
+            Ok(doc) => return Ok(doc),
+            Err(e) => tracing::warn!(error = %e, "load index unusable; loading the slow way"),
+        }
+    }
+    Automerge::load(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
 fn genesis() -> Result<Automerge> {
     let mut doc = Automerge::new().with_actor(ActorId::from(GENESIS_ACTOR.as_slice()));
     let mut tx = doc.transaction();
@@ -132,8 +144,32 @@ impl SceneDoc {
 
     /// Loads a saved document.
     pub fn load(bytes: &[u8], user: UserId) -> Result<Self> {
-        let doc = Automerge::load(bytes).map_err(|e| Error::Corrupt(e.to_string()))?;
-        Self::from_automerge(doc, user)
+        Self::from_automerge(load_automerge(bytes, None)?, user)
+    }
+
+    /// Loads a saved document with its load index (see [`SceneDoc::save_with_load_index`]).
+    pub fn load_indexed(bytes: &[u8], index: Option<&[u8]>, user: UserId) -> Result<Self> {
+        Self::from_automerge(load_automerge(bytes, index)?, user)
+    }
+
+    /// Replaces this replica's document by `bytes`, a save of the same scene taken
+    /// elsewhere (the server's `tandem-snapshot`), keeping whatever this replica has that the
+    /// save lacks. Returns the host events from the scene before to the scene after.
+    pub fn adopt_snapshot(
+        &mut self,
+        bytes: &[u8],
+        index: Option<&[u8]>,
+    ) -> Result<Vec<SceneEvent>> {
+        self.commit(None)?;
+        let mut doc = load_automerge(bytes, index)?;
+        doc.merge(&mut self.doc)?;
+        let mut next = Self::from_automerge(doc, self.user.clone())?;
+        next.role = self.role;
+        next.refusals = std::mem::take(&mut self.refusals);
+        let before = self.scene();
+        let after = next.scene();
+        *self = next;
+        Ok(before.events_to(&after))
     }
 
     /// Wraps a document. An empty document becomes a new scene; anything else must carry a
@@ -698,6 +734,13 @@ impl SceneDoc {
     pub fn save(&mut self) -> Result<Vec<u8>> {
         self.commit(None)?;
         Ok(self.doc.save())
+    }
+
+    /// [`SceneDoc::save`], and the load index that lets [`SceneDoc::load_indexed`] skip
+    /// rebuilding every change (`None` for documents with rich-text marks).
+    pub fn save_with_load_index(&mut self) -> Result<(Vec<u8>, Option<Vec<u8>>)> {
+        self.commit(None)?;
+        Ok(self.doc.save_with_load_index())
     }
 
     // ------------------------------------------------------------ events out

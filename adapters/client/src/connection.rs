@@ -14,8 +14,8 @@ use automerge::sync;
 use ciborium::Value as Cbor;
 use futures_util::{SinkExt, StreamExt};
 use tandem_core::wire::{
-    self, ChatMessage, DocumentId, Ephemeral, ErrorCode, Join, Message, PROTOCOL_VERSION, PeerId,
-    PeerMetadata, SyncMessage, TandemError, TandemHello,
+    self, ChatMessage, DocumentId, Ephemeral, ErrorCode, FEATURE_SNAPSHOT, Join, Message,
+    PROTOCOL_VERSION, PeerId, PeerMetadata, SnapshotRequest, SyncMessage, TandemError, TandemHello,
 };
 use tandem_core::{Forbidden, NodeId, Role};
 use tokio::net::TcpStream;
@@ -65,7 +65,7 @@ pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedRec
         if online {
             shared.set_state(ConnectionState::Connecting, None);
             match dial(&shared).await {
-                Ok((ws, server, role)) => {
+                Ok((ws, server, role, snapshots)) => {
                     backoff.reset();
                     shared.counters.connects.fetch_add(1, Relaxed);
                     if let Some(role) = role {
@@ -77,6 +77,7 @@ pub(crate) async fn run(shared: Arc<SessionShared>, mut cmds: mpsc::UnboundedRec
                         ws,
                         shared: shared.clone(),
                         server,
+                        snapshots,
                     };
                     let end = conn.serve(&mut cmds).await;
                     after_disconnect(&shared);
@@ -167,6 +168,7 @@ fn after_disconnect(shared: &SessionShared) {
         i.apply_held(true, shared.opts.compact_min_bytes);
         i.sync = sync::State::decode(&i.sync.encode()).unwrap_or_default();
         i.announced = false;
+        i.awaiting_snapshot = false;
         i.state_dirty = true;
         if let Err(e) = i.persist(false) {
             tracing::warn!(error = %e, "writing sync state failed");
@@ -192,8 +194,9 @@ fn map_ws_error(e: WsError) -> Error {
     }
 }
 
-/// Dials, joins, and returns the socket, the server's peer id and the role it announced.
-async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId, Option<Role>), Error> {
+/// Dials, joins, and returns the socket, the server's peer id, the role it announced and
+/// whether it serves `tandem-snapshot-request`.
+async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId, Option<Role>, bool), Error> {
     let o = &shared.opts;
     let cfg = WebSocketConfig::default()
         .max_message_size(Some(512 << 20))
@@ -220,6 +223,7 @@ async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId, Option<Role>), Erro
                 token: o.token.clone(),
                 room: None,
                 role: None,
+                features: Vec::new(),
             }),
         }),
     })
@@ -261,7 +265,8 @@ async fn dial(shared: &SessionShared) -> Result<(Ws, PeerId, Option<Role>), Erro
                             None
                         }
                     });
-                    Ok((ws, p.sender_id, role))
+                    let snapshots = t.features.iter().any(|f| f == FEATURE_SNAPSHOT);
+                    Ok((ws, p.sender_id, role, snapshots))
                 }
                 Some(t) => Err(Error::VersionMismatch(format!(
                     "server speaks tandem extension version {}, this client {}",
@@ -342,6 +347,8 @@ struct Conn {
     ws: Ws,
     shared: Arc<SessionShared>,
     server: PeerId,
+    /// The server answers `tandem-snapshot-request`.
+    snapshots: bool,
 }
 
 type Step = Result<(), End>;
@@ -479,6 +486,10 @@ impl Conn {
     fn sync_frames(&self, d: &DocShared) -> Vec<Message> {
         let mut guard = d.lock();
         let i = &mut *guard;
+        if i.awaiting_snapshot {
+            // Syncing now would make the server send every change: wait for the snapshot.
+            return Vec::new();
+        }
         let kind_request = i.ask_first;
         let mut out = Vec::new();
         while let Some(m) = i.scene.generate_sync_message(&mut i.sync) {
@@ -511,9 +522,21 @@ impl Conn {
             if let Err(e) = i.commit_logged(None) {
                 tracing::warn!(error = %e, "committing before announce failed");
             }
+            // A replica that holds nothing of the document asks for the server's snapshot
+            // first: loading it with its load index is many times faster than receiving
+            // and applying every change (see `DocInner::adopt_snapshot`).
+            i.awaiting_snapshot = self.snapshots && i.ask_first;
         }
-        let frames = self.sync_frames(d);
-        self.send_all(frames).await?;
+        if d.lock().awaiting_snapshot {
+            self.send(Message::TandemSnapshotRequest(SnapshotRequest {
+                document_id: d.id.clone(),
+                request_id: Some(self.shared.request_id()),
+            }))
+            .await?;
+        } else {
+            let frames = self.sync_frames(d);
+            self.send_all(frames).await?;
+        }
         self.send_presence(d).await
     }
 
@@ -574,6 +597,23 @@ impl Conn {
                 };
                 let frames = self.apply_sync(&d, &m.data);
                 d.cv.notify_all();
+                self.send_all(frames).await?;
+            }
+            Message::TandemSnapshot(snap) => {
+                let Some(d) = self.shared.doc(&snap.document_id) else {
+                    return Ok(());
+                };
+                let adopted = {
+                    let mut i = d.lock();
+                    let before = i.scene.heads();
+                    i.adopt_snapshot(&snap);
+                    i.scene.heads() != before
+                };
+                if adopted {
+                    self.shared.counters.snapshots_loaded.fetch_add(1, Relaxed);
+                }
+                d.cv.notify_all();
+                let frames = self.sync_frames(&d);
                 self.send_all(frames).await?;
             }
             Message::DocUnavailable { document_id, .. } => {

@@ -164,6 +164,9 @@ pub struct Stats {
     pub frames_out: u64,
     /// Successful handshakes.
     pub connects: u64,
+    /// Scenes joined from a server snapshot (`tandem-snapshot`) rather than by syncing
+    /// every change.
+    pub snapshots_loaded: u64,
 }
 
 #[derive(Default)]
@@ -173,6 +176,7 @@ pub(crate) struct Counters {
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) connects: AtomicU64,
+    pub(crate) snapshots_loaded: AtomicU64,
 }
 
 pub(crate) struct Status {
@@ -362,6 +366,7 @@ impl Session {
             frames_in: c.frames_in.load(Relaxed),
             frames_out: c.frames_out.load(Relaxed),
             connects: c.connects.load(Relaxed),
+            snapshots_loaded: c.snapshots_loaded.load(Relaxed),
         }
     }
 

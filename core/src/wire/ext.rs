@@ -2,7 +2,8 @@
 //!
 //! A peer opts in by adding a `tandem` map to its join `peerMetadata`:
 //! `{version: 1, user?: str, token?: str}` ([`TandemHello`]). The server answers with the
-//! same key in its `peer` message (adding `room`, the authenticated `user` and its `role`) and from then on may send the peer these types:
+//! same key in its `peer` message (adding `room`, the authenticated `user`, its `role` and
+//! the optional `features` it serves, e.g. `["snapshot"]`) and from then on may send the peer these types:
 //!
 //! | type | fields | meaning |
 //! |---|---|---|
@@ -42,7 +43,13 @@ pub struct TandemHello {
     /// The peer's role in the room: `admin`, `editor` or `viewer` (set by the server in its
     /// answer; clients apply it to their scenes).
     pub role: Option<String>,
+    /// Optional extensions the sender serves (set by the server in its answer):
+    /// [`FEATURE_SNAPSHOT`]. Unknown names are ignored.
+    pub features: Vec<String>,
 }
+
+/// The server answers `tandem-snapshot-request`.
+pub const FEATURE_SNAPSHOT: &str = "snapshot";
 
 impl TandemHello {
     pub(crate) fn from_value(v: &Value) -> Result<Self, WireError> {
@@ -60,6 +67,10 @@ impl TandemHello {
                 (Some("token"), Value::Text(s)) => h.token = Some(s.clone()),
                 (Some("room"), Value::Text(s)) => h.room = Some(s.clone()),
                 (Some("role"), Value::Text(s)) => h.role = Some(s.clone()),
+                (Some("features"), v) => {
+                    h.features = codec::value_to_str_array(v)
+                        .ok_or_else(|| codec::invalid("peerMetadata.tandem", "bad features"))?
+                }
                 _ => {}
             }
         }
@@ -80,6 +91,12 @@ impl TandemHello {
             if let Some(v) = v {
                 e.push((Value::Text(k.into()), Value::Text(v.clone())));
             }
+        }
+        if !self.features.is_empty() {
+            e.push((
+                Value::Text("features".into()),
+                codec::str_array(&self.features),
+            ));
         }
         Value::Map(e)
     }

@@ -23,8 +23,8 @@ mod message;
 
 pub use error::WireError;
 pub use ext::{
-    Ack, ChatMessage, ErrorCode, Snapshot, SnapshotRequest, TANDEM_PROTOCOL_VERSION, TandemError,
-    TandemHello,
+    Ack, ChatMessage, ErrorCode, FEATURE_SNAPSHOT, Snapshot, SnapshotRequest,
+    TANDEM_PROTOCOL_VERSION, TandemError, TandemHello,
 };
 pub use ids::{DocumentId, PeerId};
 pub use message::{

@@ -20,6 +20,7 @@ fn samples() -> Vec<Message> {
                 tandem: Some(TandemHello {
                     version: 1,
                     user: Some("ann".into()),
+                    features: vec!["snapshot".into(), "later".into()],
                     ..Default::default()
                 }),
             }),

@@ -2,7 +2,7 @@
 
 use tandem_core::Role;
 use tandem_core::wire::{
-    self, ErrorCode, Message, PROTOCOL_VERSION, Peer, PeerId, PeerMetadata,
+    self, ErrorCode, FEATURE_SNAPSHOT, Message, PROTOCOL_VERSION, Peer, PeerId, PeerMetadata,
     TANDEM_PROTOCOL_VERSION, TandemError, TandemHello,
 };
 
@@ -175,6 +175,7 @@ pub fn accept_join(
                 room: Some(room.to_owned()),
                 user,
                 role: Some(role.to_string()),
+                features: vec![FEATURE_SNAPSHOT.to_owned()],
                 ..Default::default()
             }),
         }),
