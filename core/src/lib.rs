@@ -37,6 +37,6 @@ pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
 pub use model::Scene;
 pub use node::{Input, Node, SceneSnapshot};
 pub use rules::{Forbidden, Lock, Role, RuleChecker, Rules, read_rules};
-pub use scene::{DiffReport, SceneDoc, load_automerge};
+pub use scene::{DiffReport, SceneDoc, load_automerge, session_actor};
 pub use tree::{Stamp, Tree};
 pub use value::{Expr, Frame, Keyframe, Scalar, Value};

@@ -553,3 +553,23 @@ fn negative_zero_over_zero_is_not_a_change() {
     assert_eq!(events.len(), 1);
     assert_eq!(a.snapshot(), b.snapshot());
 }
+
+#[test]
+fn session_actors_sort_after_genesis_and_after_earlier_sessions() {
+    // A new session's actor must be appended to a document's actor table, not inserted
+    // (which rewrites the op set's actor columns): ordered after the genesis actor and after
+    // every actor made before it.
+    let mut last = tandem_core::session_actor();
+    assert!(last.to_bytes() > b"tandem-genesis-0".as_slice());
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_micros(5));
+        let next = tandem_core::session_actor();
+        assert!(next > last, "{next} after {last}");
+        last = next;
+    }
+    // Each scene opened is a new session with a later actor.
+    let mut a = SceneDoc::new(user("ann")).unwrap();
+    let bytes = a.save().unwrap();
+    let b = SceneDoc::load(&bytes, user("bob")).unwrap();
+    assert!(b.doc().get_actor() > a.doc().get_actor());
+}

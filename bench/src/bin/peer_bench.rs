@@ -443,8 +443,16 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 /// N nodes × 20 parms in ~1000 changes (as `tandem-bench` builds it).
+/// Actors as Tandem's client makes them (`tandem_core::session_actor`: ordered by creation
+/// time, so a new one is appended to a document's actor table rather than inserted into it,
+/// which would rewrite the op set's actor columns). Used for every server: any automerge
+/// client could do the same, so the comparison stays server against server.
+fn session_doc(doc: AutoCommit) -> AutoCommit {
+    doc.with_actor(tandem_core::session_actor())
+}
+
 fn build_scene(nodes: usize) -> AutoCommit {
-    let mut doc = AutoCommit::new();
+    let mut doc = session_doc(AutoCommit::new());
     let root = doc
         .put_object(ROOT, "nodes", automerge::ObjType::Map)
         .unwrap();
@@ -755,7 +763,7 @@ async fn propagation(
     let (leave_tx, leave_rx) = tokio::sync::watch::channel(false);
     for (k, c) in conns.into_iter().enumerate() {
         let (sent_all_tx, mut leave_rx) = (sent_all_tx.clone(), leave_rx.clone());
-        let mut doc = scene.fork();
+        let mut doc = session_doc(scene.fork());
         let (template, id, probes, acks) =
             (template.clone(), id.clone(), probes.clone(), acks.clone());
         let (up_bytes, sent_edits) = (up_bytes.clone(), sent_edits.clone());
