@@ -40,6 +40,7 @@ impl DocSource for Source {
             snapshot_bytes: bytes.len(),
             incremental_bytes: 0,
             skipped_records: 0,
+            saved: None,
         })
     }
 }

@@ -480,6 +480,7 @@ fn server_changes_are_appended_and_synced_sans_io() {
         snapshot_bytes: bytes.len(),
         incremental_bytes: 0,
         skipped_records: 0,
+        saved: None,
     }));
     let mut room = Room::new("r", PeerId("server".into()), RoomLimits::default());
     let doc_id = DocumentId::random();

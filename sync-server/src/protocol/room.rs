@@ -119,6 +119,8 @@ pub enum Output {
         doc: DocumentId,
         /// `Automerge::save` bytes.
         data: Vec<u8>,
+        /// Their load index, if any.
+        index: Option<Vec<u8>>,
         /// Sequence number to report.
         seq: u64,
     },
@@ -370,7 +372,7 @@ fn persist_since(
     });
     if ds.incremental_bytes > ds.snapshot_bytes.max(min_compact) {
         let saved = SavedDoc::of(&ds.doc);
-        let data = saved.bytes.clone();
+        let (data, index) = (saved.bytes.clone(), saved.index.clone());
         tracing::debug!(room, doc = %doc_id, snapshot = data.len(), incremental = ds.incremental_bytes, "compacting");
         ds.saved = Some(saved);
         ds.snapshot_bytes = data.len();
@@ -380,6 +382,7 @@ fn persist_since(
         out.push(Output::Snapshot {
             doc: doc_id.clone(),
             data,
+            index,
             seq,
         });
     }
@@ -644,10 +647,13 @@ impl Room {
                 if l.skipped_records > 0 {
                     tracing::warn!(room = %self.name, doc = %doc, skipped = l.skipped_records, "document loaded with corrupt records skipped");
                 }
-                self.docs.insert(
-                    doc.clone(),
-                    DocState::new(l.doc, l.snapshot_bytes, l.incremental_bytes),
-                );
+                let mut ds = DocState::new(l.doc, l.snapshot_bytes, l.incremental_bytes);
+                ds.saved = l.saved.map(|s| SavedDoc {
+                    heads: s.heads,
+                    bytes: s.bytes,
+                    index: s.index,
+                });
+                self.docs.insert(doc.clone(), ds);
                 true
             }
             None => false,

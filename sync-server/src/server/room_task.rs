@@ -468,12 +468,18 @@ impl Actor {
                 };
                 self.submit(job, seq);
             }
-            Output::Snapshot { doc, data, seq } => {
+            Output::Snapshot {
+                doc,
+                data,
+                index,
+                seq,
+            } => {
                 let tx = self.internal.clone();
                 let job = Job::Snapshot {
                     room,
                     doc: doc.to_string(),
                     data,
+                    index,
                     done: Box::new(move |r| {
                         drop(tx.send(Internal::Persisted { seq, ok: r.is_ok() }))
                     }),

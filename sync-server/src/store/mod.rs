@@ -5,7 +5,8 @@
 //! torn tail (frames after the last valid commit frame are ignored), readers never block
 //! the writer, and operators can inspect the file with the `sqlite3` shell.
 //!
-//! Layout: `docs` (one row per document of a room, with its latest compacted snapshot),
+//! Layout: `docs` (one row per document of a room, with its latest compacted snapshot and
+//! that snapshot's load index, which lets a load skip rebuilding every change),
 //! `changes` (an append-only log of incremental saves since that snapshot), `chat`,
 //! `meta`, and the users and tokens of [`auth`]. All writes go through one [`writer`] thread that batches whatever is waiting into
 //! one transaction (group commit): a commit is one fsync whether it carries 1 or 4,000
@@ -72,6 +73,19 @@ pub struct LoadedDoc {
     pub incremental_bytes: usize,
     /// Records that failed to decode and were skipped.
     pub skipped_records: usize,
+    /// The stored snapshot it was loaded from (with its heads and load index), if any.
+    pub saved: Option<StoredSnapshot>,
+}
+
+/// A document's stored snapshot: `Automerge::save` bytes, their load index, their heads.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    /// The heads the snapshot was taken at.
+    pub heads: Vec<automerge::ChangeHash>,
+    /// `Automerge::save` bytes.
+    pub bytes: Vec<u8>,
+    /// The load index for `bytes`, if one was stored.
+    pub index: Option<Vec<u8>>,
 }
 
 /// One row of the documents listing.
@@ -115,7 +129,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS docs(
     room TEXT NOT NULL, doc TEXT NOT NULL,
-    snapshot BLOB, snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+    snapshot BLOB, snapshot_bytes INTEGER NOT NULL DEFAULT 0, snapshot_index BLOB,
     PRIMARY KEY(room, doc));
 CREATE TABLE IF NOT EXISTS changes(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -125,6 +139,18 @@ CREATE TABLE IF NOT EXISTS chat(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     room TEXT NOT NULL, user TEXT, text TEXT NOT NULL, ts INTEGER NOT NULL);
 ";
+
+/// Stores made before load indexes lack `docs.snapshot_index`; add it (NULL: such a
+/// snapshot loads the ordinary way until the next compaction writes its index).
+fn add_snapshot_index_column(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('docs') WHERE name = 'snapshot_index'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch("ALTER TABLE docs ADD COLUMN snapshot_index BLOB")?;
+    }
+    Ok(())
+}
 
 /// The database file inside a data directory.
 pub(crate) const FILE_NAME: &str = "tandem.sqlite3";
@@ -149,6 +175,7 @@ impl Store {
         let conn = Connection::open(&path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        add_snapshot_index_column(&conn)?;
         conn.execute_batch(auth::AUTH_SCHEMA)?;
         recovery::check_integrity(&conn);
         let storage_id: String = match conn
@@ -223,13 +250,17 @@ impl Store {
     /// Records that fail to decode are skipped and logged.
     pub fn load_doc(&self, room: &str, doc_id: &str) -> Result<Option<LoadedDoc>, StoreError> {
         self.read(|c| {
-            let snapshot: Option<Option<Vec<u8>>> = c
+            let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = c
                 .query_row(
-                    "SELECT snapshot FROM docs WHERE room = ?1 AND doc = ?2",
+                    "SELECT snapshot, snapshot_index FROM docs WHERE room = ?1 AND doc = ?2",
                     params![room, doc_id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
+            let (snapshot, index) = match row {
+                Some((s, i)) => (Some(s), i),
+                None => (None, None),
+            };
             let mut stmt =
                 c.prepare_cached("SELECT id, data FROM changes WHERE room = ?1 AND doc = ?2 ORDER BY id")?;
             let rows: Vec<(i64, Vec<u8>)> = stmt
@@ -240,8 +271,17 @@ impl Store {
             }
             let mut skipped = 0;
             let snapshot = snapshot.flatten().unwrap_or_default();
+            let indexed = index.as_deref().and_then(|i| match Automerge::load_with_index(&snapshot, i) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(room, doc = doc_id, error = %e, "stored load index unusable; loading the snapshot the slow way");
+                    None
+                }
+            });
             let mut doc = if snapshot.is_empty() {
                 Automerge::new()
+            } else if let Some(d) = indexed {
+                d
             } else {
                 match Automerge::load(&snapshot) {
                     Ok(d) => d,
@@ -252,6 +292,12 @@ impl Store {
                     }
                 }
             };
+            // The snapshot as stored, for late joiners (`tandem-snapshot`), unless it did not load.
+            let saved = (!snapshot.is_empty() && !doc.get_heads().is_empty()).then(|| StoredSnapshot {
+                heads: doc.get_heads(),
+                bytes: snapshot.clone(),
+                index: index.clone(),
+            });
             let mut incremental = 0;
             for (id, data) in &rows {
                 incremental += data.len();
@@ -272,7 +318,7 @@ impl Store {
                     }
                 }
             }
-            Ok(Some(LoadedDoc { doc, snapshot_bytes: snapshot.len(), incremental_bytes: incremental, skipped_records: skipped }))
+            Ok(Some(LoadedDoc { doc, snapshot_bytes: snapshot.len(), incremental_bytes: incremental, skipped_records: skipped, saved }))
         })
     }
 
@@ -356,9 +402,95 @@ fn uuid_v4() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use automerge::transaction::Transactable;
 
-    use super::split_changes;
+    use super::{Job, Store, split_changes};
+    use crate::metrics::Metrics;
+
+    fn snapshot_job(doc: &automerge::Automerge, index: Option<Vec<u8>>) -> Job {
+        Job::Snapshot {
+            room: "r".into(),
+            doc: "d".into(),
+            data: doc.save(),
+            index,
+            done: Box::new(|r| r.expect("snapshot stored")),
+        }
+    }
+
+    fn some_doc() -> automerge::Automerge {
+        let mut d = automerge::AutoCommit::new();
+        for i in 0..40 {
+            d.put(automerge::ROOT, format!("k{}", i % 7), i).unwrap();
+            d.commit();
+        }
+        d.document().clone()
+    }
+
+    #[test]
+    fn a_snapshot_is_stored_and_loaded_with_its_load_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = some_doc();
+        let (bytes, index) = doc.save_with_load_index();
+        {
+            let store = Store::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+            store.submit(snapshot_job(&doc, index.clone())).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let loaded = store.load_doc("r", "d").unwrap().unwrap();
+        assert_eq!(loaded.doc.get_heads(), doc.get_heads());
+        let saved = loaded.saved.expect("the stored snapshot comes back");
+        assert_eq!((saved.bytes, saved.index), (bytes, index));
+        assert_eq!(saved.heads, doc.get_heads());
+
+        // A damaged index costs only the slow load.
+        rusqlite::Connection::open(dir.path().join(super::FILE_NAME))
+            .unwrap()
+            .execute("UPDATE docs SET snapshot_index = x'00ff'", [])
+            .unwrap();
+        let loaded = store.load_doc("r", "d").unwrap().unwrap();
+        assert_eq!(loaded.doc.get_heads(), doc.get_heads());
+    }
+
+    #[test]
+    fn a_store_from_before_load_indexes_gains_the_column_and_keeps_its_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = some_doc();
+        {
+            let c = rusqlite::Connection::open(dir.path().join(super::FILE_NAME)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE docs(room TEXT NOT NULL, doc TEXT NOT NULL,
+                     snapshot BLOB, snapshot_bytes INTEGER NOT NULL DEFAULT 0,
+                     PRIMARY KEY(room, doc));",
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO docs(room, doc, snapshot, snapshot_bytes) VALUES ('r', 'd', ?1, 1)",
+                [doc.save()],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path(), Arc::new(Metrics::default())).unwrap();
+        let loaded = store.load_doc("r", "d").unwrap().unwrap();
+        assert_eq!(loaded.doc.get_heads(), doc.get_heads());
+        assert!(loaded.saved.unwrap().index.is_none());
+        store
+            .submit(snapshot_job(&doc, doc.save_with_load_index().1))
+            .unwrap();
+        store.flush().unwrap();
+        assert!(
+            store
+                .load_doc("r", "d")
+                .unwrap()
+                .unwrap()
+                .saved
+                .unwrap()
+                .index
+                .is_some()
+        );
+    }
 
     #[test]
     fn records_split_into_verified_changes_and_damage_is_detected() {

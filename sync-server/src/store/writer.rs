@@ -44,6 +44,8 @@ pub enum Job {
         doc: String,
         /// Bytes from `Automerge::save`.
         data: Vec<u8>,
+        /// Their load index (`Automerge::save_with_load_index`), if any.
+        index: Option<Vec<u8>>,
         /// Runs after commit.
         done: Completion,
     },
@@ -122,66 +124,72 @@ fn run(mut conn: Connection, rx: Receiver<Job>, metrics: Arc<Metrics>) {
         let n = batch.len();
         let mut bytes = 0usize;
         let mut dones = Vec::with_capacity(n);
-        let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = conn.transaction()?;
-            for job in batch {
-                match job {
-                    Job::Append {
-                        room,
-                        doc,
-                        data,
-                        done,
-                    } => {
-                        bytes += data.len();
-                        tx.prepare_cached("INSERT OR IGNORE INTO docs(room, doc) VALUES (?1, ?2)")?
+        let result =
+            (|| -> Result<(), rusqlite::Error> {
+                let tx = conn.transaction()?;
+                for job in batch {
+                    match job {
+                        Job::Append {
+                            room,
+                            doc,
+                            data,
+                            done,
+                        } => {
+                            bytes += data.len();
+                            tx.prepare_cached(
+                                "INSERT OR IGNORE INTO docs(room, doc) VALUES (?1, ?2)",
+                            )?
                             .execute(params![room, doc])?;
-                        tx.prepare_cached(
-                            "INSERT INTO changes(room, doc, data) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![room, doc, data])?;
-                        dones.push(Done::Unit(done));
-                    }
-                    Job::Snapshot {
-                        room,
-                        doc,
-                        data,
-                        done,
-                    } => {
-                        bytes += data.len();
-                        tx.prepare_cached(
-                            "INSERT INTO docs(room, doc, snapshot, snapshot_bytes) VALUES (?1, ?2, ?3, ?4)
+                            tx.prepare_cached(
+                                "INSERT INTO changes(room, doc, data) VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(params![room, doc, data])?;
+                            dones.push(Done::Unit(done));
+                        }
+                        Job::Snapshot {
+                            room,
+                            doc,
+                            data,
+                            index,
+                            done,
+                        } => {
+                            bytes += data.len() + index.as_ref().map_or(0, Vec::len);
+                            tx.prepare_cached(
+                            "INSERT INTO docs(room, doc, snapshot, snapshot_bytes, snapshot_index)
+                             VALUES (?1, ?2, ?3, ?4, ?5)
                              ON CONFLICT(room, doc) DO UPDATE SET snapshot = excluded.snapshot,
-                                 snapshot_bytes = excluded.snapshot_bytes",
+                                 snapshot_bytes = excluded.snapshot_bytes,
+                                 snapshot_index = excluded.snapshot_index",
                         )?
-                        .execute(params![room, doc, data, data.len() as i64])?;
-                        tx.prepare_cached("DELETE FROM changes WHERE room = ?1 AND doc = ?2")?
-                            .execute(params![room, doc])?;
-                        dones.push(Done::Unit(done));
-                    }
-                    Job::Chat {
-                        room,
-                        user,
-                        text,
-                        timestamp,
-                        done,
-                    } => {
-                        bytes += text.len();
-                        tx.prepare_cached(
-                            "INSERT INTO chat(room, user, text, ts) VALUES (?1, ?2, ?3, ?4)",
-                        )?
-                        .execute(params![
+                        .execute(params![room, doc, data, data.len() as i64, index])?;
+                            tx.prepare_cached("DELETE FROM changes WHERE room = ?1 AND doc = ?2")?
+                                .execute(params![room, doc])?;
+                            dones.push(Done::Unit(done));
+                        }
+                        Job::Chat {
                             room,
                             user,
                             text,
-                            timestamp as i64
-                        ])?;
-                        dones.push(Done::Id(done, tx.last_insert_rowid() as u64));
+                            timestamp,
+                            done,
+                        } => {
+                            bytes += text.len();
+                            tx.prepare_cached(
+                                "INSERT INTO chat(room, user, text, ts) VALUES (?1, ?2, ?3, ?4)",
+                            )?
+                            .execute(params![
+                                room,
+                                user,
+                                text,
+                                timestamp as i64
+                            ])?;
+                            dones.push(Done::Id(done, tx.last_insert_rowid() as u64));
+                        }
+                        Job::Flush { done } => dones.push(Done::Unit(done)),
                     }
-                    Job::Flush { done } => dones.push(Done::Unit(done)),
                 }
-            }
-            tx.commit()
-        })();
+                tx.commit()
+            })();
         metrics.record_commit(started.elapsed(), n, bytes);
         match result {
             Ok(()) => {
