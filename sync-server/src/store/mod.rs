@@ -250,7 +250,9 @@ impl Store {
     /// Records that fail to decode are skipped and logged.
     pub fn load_doc(&self, room: &str, doc_id: &str) -> Result<Option<LoadedDoc>, StoreError> {
         self.read(|c| {
-            let row: Option<(Option<Vec<u8>>, Option<Vec<u8>>)> = c
+            // (snapshot, its load index); both may be NULL.
+            type Row = (Option<Vec<u8>>, Option<Vec<u8>>);
+            let row: Option<Row> = c
                 .query_row(
                     "SELECT snapshot, snapshot_index FROM docs WHERE room = ?1 AND doc = ?2",
                     params![room, doc_id],
