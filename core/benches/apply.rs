@@ -11,27 +11,16 @@
 use std::time::{Duration, Instant};
 
 use automerge::transaction::Transactable;
-use automerge::{AutoCommit, Automerge, Change, ObjType, ROOT, ReadDoc};
+use automerge::{AutoCommit, Automerge, Change, ROOT, ReadDoc};
 
-const PARMS: usize = 20;
+mod common;
+
+use common::PARMS;
+
 const CHANGES: usize = 3000;
 
 fn build(n: usize) -> Vec<u8> {
-    let mut d = AutoCommit::new();
-    let nodes = d.put_object(ROOT, "nodes", ObjType::Map).unwrap();
-    for i in 0..n {
-        let node = d.put_object(&nodes, format!("n{i}"), ObjType::Map).unwrap();
-        d.put(&node, "kind", "bench").unwrap();
-        let parms = d.put_object(&node, "parms", ObjType::Map).unwrap();
-        for p in 0..PARMS {
-            d.put(&parms, format!("p{p}"), (i * PARMS + p) as f64)
-                .unwrap();
-        }
-        if i % 1000 == 999 {
-            d.commit();
-        }
-    }
-    d.save()
+    common::scene(n).save()
 }
 
 fn rss_kb() -> u64 {
@@ -51,13 +40,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
-    let mut sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    if sizes.is_empty() {
-        sizes = vec![10_000, 100_000];
-    }
+    let sizes = common::sizes();
     println!(
         "| nodes × {PARMS} parms | apply p50 | apply p99 | mean per change | save_after p50 |"
     );

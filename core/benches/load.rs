@@ -5,10 +5,9 @@
 
 use std::time::Instant;
 
-use automerge::transaction::Transactable;
-use automerge::{AutoCommit, Automerge, ObjType, ROOT};
+use automerge::Automerge;
 
-const PARMS: usize = 20;
+mod common;
 
 fn build(n: usize) -> Vec<u8> {
     let cache = std::env::temp_dir().join(format!("tandem-load-bench-{n}.automerge"));
@@ -18,33 +17,13 @@ fn build(n: usize) -> Vec<u8> {
     {
         return b;
     }
-    let mut d = AutoCommit::new();
-    let nodes = d.put_object(ROOT, "nodes", ObjType::Map).unwrap();
-    for i in 0..n {
-        let node = d.put_object(&nodes, format!("n{i}"), ObjType::Map).unwrap();
-        d.put(&node, "kind", "bench").unwrap();
-        let parms = d.put_object(&node, "parms", ObjType::Map).unwrap();
-        for p in 0..PARMS {
-            d.put(&parms, format!("p{p}"), (i * PARMS + p) as f64)
-                .unwrap();
-        }
-        if i % 1000 == 999 {
-            d.commit();
-        }
-    }
-    let b = d.save();
+    let b = common::scene(n).save();
     let _ = std::fs::write(&cache, &b);
     b
 }
 
 fn main() {
-    let mut sizes: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    if sizes.is_empty() {
-        sizes = vec![10_000, 100_000];
-    }
+    let sizes = common::sizes();
     println!(
         "| nodes | doc bytes | index bytes | save | save_with_load_index | load | load_with_index | ratio |"
     );

@@ -358,7 +358,7 @@ impl Session {
     }
 
     /// Traffic counters: ``bytes_in``, ``bytes_out``, ``frames_in``, ``frames_out``,
-    /// ``connects``.
+    /// ``connects``, and ``snapshots_loaded`` (scenes joined from the server's snapshot).
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.inner.stats();
@@ -368,6 +368,7 @@ impl Session {
         d.set_item("frames_in", s.frames_in)?;
         d.set_item("frames_out", s.frames_out)?;
         d.set_item("connects", s.connects)?;
+        d.set_item("snapshots_loaded", s.snapshots_loaded)?;
         Ok(d)
     }
 

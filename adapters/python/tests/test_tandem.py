@@ -241,3 +241,28 @@ def test_two_sessions_share_a_created_scene_by_id(server, tmp_path):
     while missing.on_server is None and time.monotonic() < deadline:
         missing.wait_synced(0.2)
     assert missing.on_server is False
+
+
+def test_a_late_joiner_gets_the_scene_from_the_servers_snapshot(server, tmp_path):
+    a = connect(server, tmp_path, "alice", room="late")
+    sa = a.open_scene()
+    nodes = [node(f"box{i}", tx=float(i)) for i in range(50)]
+    sa.diff(nodes)
+    sa.commit("layout")
+    assert sa.wait_saved(T)
+
+    b = connect(server, tmp_path, "bob", room="late")
+    sb = b.open_scene()
+    assert sb.wait_heads(sa.heads, T)
+    assert b.stats["snapshots_loaded"] == 1
+    host: dict[str, dict] = {}
+    apply_events(host, sb.drain_events())
+    assert sorted(host) == sorted(n["id"] for n in nodes)
+    assert host[nodes[7]["id"]]["parms"]["tx"] == 7.0
+
+    # Edits flow both ways after the snapshot.
+    sb.diff([host[nodes[7]["id"]] | {"parms": {"tx": -7.0}}])
+    sb.commit()
+    assert sb.wait_saved(T)
+    assert sa.wait_heads(sb.heads, T)
+    assert sa.node(nodes[7]["id"])["parms"]["tx"] == -7.0

@@ -45,7 +45,17 @@ pub(crate) struct ChangeGraph {
     fragment_top: SeqClock,
     fragments: Vec<FragmentNode>,
     clock_memo: ClockMemo,
+    /// TANDEM PATCH 8: nodes added lately whose clock is cached although their index is not
+    /// a multiple of `CACHE_STEP`, oldest first (see `RECENT_CLOCKS`).
+    recent_clocks: VecDeque<NodeIdx>,
 }
+
+/// TANDEM PATCH 8: the clocks of this many most recently added changes stay cached. A sync
+/// server computes the clock of every peer's heads for every message it generates; with
+/// several peers editing at once their heads differ and lie among the newest changes, and
+/// without a cached clock close by each computation walked back to the nearest multiple of
+/// `CACHE_STEP` on every concurrent branch. Each cached clock is one entry per actor.
+const RECENT_CLOCKS: usize = 256;
 
 /// TANDEM PATCH 5: the clock `seq_clock_for_heads` computed last, with the nodes it was for.
 /// A sync server asks for the clock of the same heads once per peer (each peer's bloom
@@ -146,6 +156,7 @@ impl ChangeGraph {
             fragments: vec![],
             fragment_top: SeqClock::new(num_actors),
             clock_memo: ClockMemo::default(),
+            recent_clocks: VecDeque::new(),
         }
     }
 
@@ -631,6 +642,15 @@ impl ChangeGraph {
 
             if (node_idx + 1).0.is_multiple_of(CACHE_STEP) {
                 self.cache_clock(node_idx);
+            } else {
+                // TANDEM PATCH 8: keep the clocks of the newest changes too.
+                self.cache_clock(node_idx);
+                self.recent_clocks.push_back(node_idx);
+                if self.recent_clocks.len() > RECENT_CLOCKS {
+                    if let Some(old) = self.recent_clocks.pop_front() {
+                        self.clock_cache.remove(&old);
+                    }
+                }
             }
 
             self.cache_fragment(node_idx);
@@ -1186,6 +1206,7 @@ impl ChangeGraphCols {
             fragments,
             fragment_top,
             clock_memo: ClockMemo::default(),
+            recent_clocks: VecDeque::new(),
         }))
     }
 }
@@ -1987,4 +2008,47 @@ pub(crate) mod ids {
     pub(super) const DEPS_VAL_COL_SPEC:   ColumnSpec = ColumnSpec::new_delta(DEPS_COL_ID);
     pub(super) const EXTRA_META_COL_SPEC: ColumnSpec = ColumnSpec::new_value_metadata(EXTRA_COL_ID);
     pub(super) const EXTRA_VAL_COL_SPEC:  ColumnSpec = ColumnSpec::new_value(EXTRA_COL_ID);
+}
+
+#[cfg(test)]
+mod tandem_patch_8 {
+    use crate::transaction::Transactable;
+    use crate::{AutoCommit, Automerge, ROOT};
+
+    #[test]
+    fn clocks_of_recent_changes_are_cached_and_agree_with_a_fresh_computation() {
+        let mut a = AutoCommit::new();
+        a.put(ROOT, "x", 0).unwrap();
+        a.commit();
+        let mut b = a.fork();
+        let mut c = a.fork();
+        for i in 0..400 {
+            // Three branches that meet only now and then: many heads, as with several
+            // editors pushing at once.
+            a.put(ROOT, "a", i).unwrap();
+            a.commit();
+            b.put(ROOT, "b", i).unwrap();
+            b.commit();
+            c.put(ROOT, "c", i).unwrap();
+            c.commit();
+            if i % 50 == 49 {
+                a.merge(&mut b).unwrap();
+                a.merge(&mut c).unwrap();
+            }
+        }
+        a.merge(&mut b).unwrap();
+        a.merge(&mut c).unwrap();
+        let doc = a.document().clone();
+        let graph = &doc.change_graph;
+        assert!(graph.recent_clocks.len() <= super::RECENT_CLOCKS);
+        // A loaded copy caches only every CACHE_STEP-th clock; both must agree everywhere.
+        let loaded = Automerge::load(&doc.save()).unwrap();
+        for h in graph.hashes.iter().rev().take(600) {
+            assert_eq!(graph.clock_at(&[*h]), loaded.change_graph.clock_at(&[*h]));
+        }
+        let heads = doc.get_heads();
+        assert_eq!(graph.clock_at(&heads), loaded.change_graph.clock_at(&heads));
+        let newest = super::NodeIdx(graph.hashes.len() as u32 - 1);
+        assert!(graph.clock_cache.contains_key(&newest));
+    }
 }

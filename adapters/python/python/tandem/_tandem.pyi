@@ -50,6 +50,7 @@ class Stats(TypedDict):
     frames_in: int
     frames_out: int
     connects: int
+    snapshots_loaded: int
 
 class TandemError(Exception): ...
 class InvalidUrl(TandemError): ...
