@@ -212,8 +212,10 @@ impl SceneDoc {
         let nodes_obj = codec::child_map(&doc, &ROOT, KEY_NODES)
             .ok_or_else(|| Error::NotAScene("no nodes map at the root".into()))?;
         // Every session writes as a fresh actor of its author, so history knows the user.
-        doc.set_actor(session_actor());
+        // The author first: setting it gives the document a new random actor, which the
+        // creation-ordered session actor then replaces.
         doc.set_author(Some(Author::from(user.as_str().as_bytes().to_vec())));
+        doc.set_actor(session_actor());
         let mut this = Self {
             doc,
             user,

@@ -571,5 +571,10 @@ fn session_actors_sort_after_genesis_and_after_earlier_sessions() {
     let mut a = SceneDoc::new(user("ann")).unwrap();
     let bytes = a.save().unwrap();
     let b = SceneDoc::load(&bytes, user("bob")).unwrap();
-    assert!(b.doc().get_actor() > a.doc().get_actor());
+    assert!(
+        b.doc().get_actor() > a.doc().get_actor(),
+        "{} then {}",
+        a.doc().get_actor(),
+        b.doc().get_actor()
+    );
 }
