@@ -142,14 +142,7 @@ impl Replica {
                 fresh = false;
                 snapshot_bytes = bytes.len() as u64;
                 let index = fs::read(dir.join(SNAPSHOT_INDEX)).ok();
-                let indexed = index.and_then(|i| match Automerge::load_with_index(&bytes, &i) {
-                    Ok(doc) => Some(doc),
-                    Err(e) => {
-                        tracing::info!(error = %e, "replica load index unusable; loading the snapshot the slow way");
-                        None
-                    }
-                });
-                match indexed.map(Ok).unwrap_or_else(|| Automerge::load(&bytes)) {
+                match tandem_core::load_automerge(&bytes, index.as_deref()) {
                     Ok(doc) => doc,
                     Err(e) => {
                         snapshot_ok = false;

@@ -273,19 +273,11 @@ impl Store {
             }
             let mut skipped = 0;
             let snapshot = snapshot.flatten().unwrap_or_default();
-            let indexed = index.as_deref().and_then(|i| match Automerge::load_with_index(&snapshot, i) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::warn!(room, doc = doc_id, error = %e, "stored load index unusable; loading the snapshot the slow way");
-                    None
-                }
-            });
+            let snapshot_bytes = snapshot.len();
             let mut doc = if snapshot.is_empty() {
                 Automerge::new()
-            } else if let Some(d) = indexed {
-                d
             } else {
-                match Automerge::load(&snapshot) {
+                match tandem_core::load_automerge(&snapshot, index.as_deref()) {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::error!(room, doc = doc_id, error = %e, "stored snapshot is corrupt; loading the change log only");
@@ -295,10 +287,11 @@ impl Store {
                 }
             };
             // The snapshot as stored, for late joiners (`tandem-snapshot`), unless it did not load.
-            let saved = (!snapshot.is_empty() && !doc.get_heads().is_empty()).then(|| StoredSnapshot {
-                heads: doc.get_heads(),
-                bytes: snapshot.clone(),
-                index: index.clone(),
+            let heads = doc.get_heads();
+            let saved = (!snapshot.is_empty() && !heads.is_empty()).then_some(StoredSnapshot {
+                heads,
+                bytes: snapshot,
+                index,
             });
             let mut incremental = 0;
             for (id, data) in &rows {
@@ -320,7 +313,7 @@ impl Store {
                     }
                 }
             }
-            Ok(Some(LoadedDoc { doc, snapshot_bytes: snapshot.len(), incremental_bytes: incremental, skipped_records: skipped, saved }))
+            Ok(Some(LoadedDoc { doc, snapshot_bytes, incremental_bytes: incremental, skipped_records: skipped, saved }))
         })
     }
 
