@@ -159,6 +159,14 @@ string_id!(
     DocId
 );
 
+/// Room names: 1-128 characters of `A-Z a-z 0-9 . _ -`. The one rule for the server's URL
+/// and API paths, its token scopes and the client's URLs.
+pub fn valid_room_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

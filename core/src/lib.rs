@@ -33,7 +33,7 @@ pub use events::SceneEvent;
 pub use history::{
     Blame, ChangeInfo, Checkpoint, Conflict, LogEntry, LogFilter, MergeReport, UndoOutcome, Version,
 };
-pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId};
+pub use ids::{BlobHash, DocId, NodeId, RoomId, UserId, valid_room_name};
 pub use model::Scene;
 pub use node::{Input, Node, SceneSnapshot};
 pub use rules::{Forbidden, Lock, Role, RuleChecker, Rules, read_rules};

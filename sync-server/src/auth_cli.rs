@@ -126,7 +126,7 @@ pub(crate) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            if room != "*" && !valid_room(&room) {
+            if room != "*" && !tandem_core::valid_room_name(&room) {
                 bail!("room names are 1-128 of A-Z a-z 0-9 . _ - (or * for every room)");
             }
             let (row, secret) = open(&common)?.create_token(&user, &room, role, ttl)?;
@@ -182,10 +182,4 @@ pub(crate) fn token(cmd: TokenCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn valid_room(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }

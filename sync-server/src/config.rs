@@ -44,6 +44,9 @@ pub struct Config {
     pub min_compact_bytes: usize,
     /// Chat lines replayed to a joining extension peer.
     pub chat_history: usize,
+    /// Require a valid token for `/metrics` once users exist (it is open by default, for
+    /// scrapers).
+    pub metrics_need_token: bool,
     /// Allow listening beyond loopback with no users configured (open, unauthenticated).
     pub insecure: bool,
     /// PEM certificate chain (leaf first): with `tls_key`, the port serves `wss://` and
@@ -70,6 +73,7 @@ impl Default for Config {
             max_request_head_bytes: 16 << 10,
             min_compact_bytes: 1 << 20,
             chat_history: 100,
+            metrics_need_token: false,
             insecure: false,
             tls_cert: None,
             tls_key: None,

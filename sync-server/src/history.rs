@@ -23,10 +23,13 @@ pub const DEFAULT_USER: &str = "server";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct HistoryError {
-    /// 400 bad input, 404 unknown document/node, 409 name taken, 500 internal.
+    /// 400 bad input, 403 refused by the rules, 404 unknown document/node, 409 name taken,
+    /// 500 internal.
     pub status: u16,
     /// What went wrong, for people.
     pub message: String,
+    /// For 403: the node, field and rule that refused the write.
+    pub refusal: Option<tandem_core::Forbidden>,
 }
 
 impl HistoryError {
@@ -35,6 +38,7 @@ impl HistoryError {
         Self {
             status: 400,
             message: message.into(),
+            refusal: None,
         }
     }
     /// 404.
@@ -42,6 +46,15 @@ impl HistoryError {
         Self {
             status: 404,
             message: message.into(),
+            refusal: None,
+        }
+    }
+    /// 403: the rules refuse the write.
+    pub fn forbidden(f: tandem_core::Forbidden) -> Self {
+        Self {
+            status: 403,
+            message: f.to_string(),
+            refusal: Some(f),
         }
     }
     /// 500.
@@ -49,6 +62,7 @@ impl HistoryError {
         Self {
             status: 500,
             message: message.into(),
+            refusal: None,
         }
     }
 }
@@ -68,6 +82,7 @@ impl From<CoreError> for HistoryError {
         Self {
             status,
             message: e.to_string(),
+            refusal: None,
         }
     }
 }
@@ -325,6 +340,7 @@ pub fn checkpoint(
         return Err(HistoryError {
             status: 409,
             message: format!("a checkpoint named {name:?} exists already"),
+            refusal: None,
         });
     }
     let before = sd.heads();
@@ -335,16 +351,20 @@ pub fn checkpoint(
     })
 }
 
-/// Restore the whole scene, or the subtree under `node`, to version `at`, as `user`: one new
-/// change (nothing happens if the scene already matches).
+/// Restore the whole scene, or the subtree under `node`, to version `at`, as `user` with
+/// `role`: one new change (nothing happens if the scene already matches). A restore the
+/// rules would cut short (a node locked by someone else, a parm granted to others) is
+/// refused whole with the first refusal: a partial restore is not what was asked for.
 pub fn restore(
     doc: Automerge,
     user: &str,
+    role: tandem_core::Role,
     at: &str,
     node: Option<&str>,
     now_ms: i64,
 ) -> Result<Write> {
     let mut sd = scene_doc(doc, user)?;
+    sd.set_role(role);
     let root = node.map(parse_node).transpose()?;
     let heads = heads_at(&mut sd, at)?;
     if let Some(r) = root
@@ -358,6 +378,9 @@ pub fn restore(
     }
     let before = sd.heads();
     let (report, hash) = sd.restore(&heads, root, now_ms)?;
+    if let Some(f) = sd.refusals().first() {
+        return Err(HistoryError::forbidden(f.clone()));
+    }
     let after = sd.heads();
     let events = if hash.is_some() {
         sd.diff_versions(&before, &after)?

@@ -5,8 +5,7 @@
 //! Both paths produce the same JSON (see `tandem_server::history`); `--json` prints it,
 //! otherwise it is rendered as a table.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +33,15 @@ pub(crate) struct Target {
     /// Read a stopped server's data directory directly (read-only commands).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Access token (`tandem token create`), sent as `Authorization: Bearer`. Needed once
+    /// the server has users; the changes you make are attributed to its user.
+    #[arg(
+        long,
+        env = "TANDEM_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "data"
+    )]
+    token: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -103,7 +111,8 @@ pub(crate) enum HistoryCommand {
         /// Why.
         #[arg(long, default_value = "")]
         comment: String,
-        /// Attribute the change to this user [default: server].
+        /// Open development mode only (a server without users): attribute the change to
+        /// this name [default: server]. A secured server attributes it to the token's user.
         #[arg(long = "as")]
         user: Option<String>,
     },
@@ -122,7 +131,8 @@ pub(crate) enum HistoryCommand {
         /// Only the subtree under this node.
         #[arg(long)]
         node: Option<String>,
-        /// Attribute the change to this user [default: server].
+        /// Open development mode only (a server without users): attribute the change to
+        /// this name [default: server]. A secured server attributes it to the token's user.
         #[arg(long = "as")]
         user: Option<String>,
     },
@@ -168,17 +178,25 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
             room: t.room.clone(),
             doc: doc.to_string(),
         },
-        None => Source::Server {
-            base: t
+        None => {
+            let base = t
                 .server
                 .clone()
-                .unwrap_or_else(|| "http://127.0.0.1:7890".into()),
-            prefix: format!(
-                "/api/v1/rooms/{}/documents/{}",
-                enc(&t.room),
-                enc(doc.as_str())
-            ),
-        },
+                .unwrap_or_else(|| "http://127.0.0.1:7890".into());
+            let as_user = match &cmd {
+                HistoryCommand::Checkpoint { user, .. } | HistoryCommand::Restore { user, .. } => {
+                    user.clone()
+                }
+                _ => None,
+            };
+            Source::Server(Api::new(
+                &base,
+                &t.room,
+                doc.as_str(),
+                t.token.clone(),
+                as_user,
+            )?)
+        }
     };
     match cmd {
         HistoryCommand::Log {
@@ -207,7 +225,7 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
                     push(&mut q, "until", until);
                     push(&mut q, "node", node);
                     push(&mut q, "limit", limit.map(|l| l.to_string()));
-                    source.get("log", &q)?
+                    source.get(&["log"], &q)?
                 }
             };
             print(&t, &v, render_log)
@@ -216,9 +234,7 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
             Some(id) => {
                 let v = match &source {
                     Source::Data { .. } => source.read(Query::Node { id, at })?,
-                    Source::Server { .. } => {
-                        source.get(&format!("node/{}", enc(&id)), &[("at", at)])?
-                    }
+                    Source::Server { .. } => source.get(&["node", &id], &[("at", at)])?,
                 };
                 print(&t, &v, render_node)
             }
@@ -230,7 +246,7 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
         HistoryCommand::Diff { from, to, .. } => {
             let v = match &source {
                 Source::Data { .. } => source.read(Query::Diff { from, to })?,
-                Source::Server { .. } => source.get("diff", &[("from", from), ("to", to)])?,
+                Source::Server { .. } => source.get(&["diff"], &[("from", from), ("to", to)])?,
             };
             print(&t, &v, render_diff)
         }
@@ -240,7 +256,7 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
                 Source::Server { .. } => {
                     let mut q = vec![("node", node)];
                     push(&mut q, "parm", parm);
-                    source.get("blame", &q)?
+                    source.get(&["blame"], &q)?
                 }
             };
             print(&t, &v, render_blame)
@@ -248,19 +264,14 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
         HistoryCommand::Checkpoints { .. } => {
             let v = match &source {
                 Source::Data { .. } => source.read(Query::Checkpoints)?,
-                Source::Server { .. } => source.get("checkpoints", &[])?,
+                Source::Server { .. } => source.get(&["checkpoints"], &[])?,
             };
             print(&t, &v, render_checkpoints)
         }
-        HistoryCommand::Checkpoint {
-            name,
-            comment,
-            user,
-            ..
-        } => {
+        HistoryCommand::Checkpoint { name, comment, .. } => {
             let v = source.post(
-                "checkpoints",
-                json!({ "name": name, "comment": comment, "user": user }),
+                &["checkpoints"],
+                json!({ "name": name, "comment": comment }),
             )?;
             print(&t, &v, |v| {
                 let c = &v["checkpoint"];
@@ -272,8 +283,8 @@ pub(crate) fn run(cmd: HistoryCommand) -> anyhow::Result<()> {
                 )
             })
         }
-        HistoryCommand::Restore { at, node, user, .. } => {
-            let v = source.post("restore", json!({ "at": at, "node": node, "user": user }))?;
+        HistoryCommand::Restore { at, node, .. } => {
+            let v = source.post(&["restore"], json!({ "at": at, "node": node }))?;
             print(&t, &v, render_restore)
         }
         HistoryCommand::Export {
@@ -310,15 +321,103 @@ fn push(q: &mut Vec<(&'static str, String)>, k: &'static str, v: Option<String>)
 }
 
 enum Source {
-    Server {
-        base: String,
-        prefix: String,
-    },
+    Server(Api),
     Data {
         dir: PathBuf,
         room: String,
         doc: String,
     },
+}
+
+/// The history routes of one document on a running server.
+struct Api {
+    client: reqwest::blocking::Client,
+    /// `{server}/api/v1/rooms/{room}/documents/{doc}`.
+    base: reqwest::Url,
+    server: String,
+    token: Option<String>,
+    /// `X-Tandem-User` (open development mode only).
+    as_user: Option<String>,
+}
+
+impl Api {
+    fn new(
+        server: &str,
+        room: &str,
+        doc: &str,
+        token: Option<String>,
+        as_user: Option<String>,
+    ) -> anyhow::Result<Self> {
+        let mut base = reqwest::Url::parse(server).with_context(|| {
+            format!("--server must be an http:// or https:// URL, got {server:?}")
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            bail!("--server must be an http:// or https:// URL, got {server:?}");
+        }
+        base.path_segments_mut()
+            .map_err(|_| anyhow!("--server {server:?} cannot be a base URL"))?
+            .pop_if_empty()
+            .extend(["api", "v1", "rooms", room, "documents", doc]);
+        let client = reqwest::blocking::Client::builder()
+            .use_preconfigured_tls(tls_config()?)
+            .timeout(Duration::from_secs(120))
+            .build()
+            .context("setting up the HTTP client")?;
+        Ok(Self {
+            client,
+            base,
+            server: server.to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            as_user,
+        })
+    }
+
+    /// The base URL plus path segments (each percent-encoded as one segment).
+    fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.extend(segments);
+        }
+        url
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder) -> anyhow::Result<Json> {
+        let mut req = req.header(reqwest::header::ACCEPT, "application/json");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(u) = &self.as_user {
+            req = req.header("X-Tandem-User", u);
+        }
+        let resp = req.send().with_context(|| {
+            format!("connecting to {} (is `tandem serve` running?)", self.server)
+        })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .with_context(|| format!("reading the answer from {}", self.server))?;
+        let v: Json = serde_json::from_slice(&body).unwrap_or_else(
+            |_| json!({ "error": String::from_utf8_lossy(&body).trim().to_string() }),
+        );
+        if status.is_success() {
+            return Ok(v);
+        }
+        let msg = v["error"].as_str().unwrap_or("request failed");
+        match status.as_u16() {
+            401 if self.token.is_none() => bail!(
+                "the server needs a token ({msg}): pass --token or set TANDEM_TOKEN (an admin makes one with `tandem token create`)"
+            ),
+            401 => bail!("the server refused the token: {msg}"),
+            403 => {
+                let rule = v["rule"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                bail!("forbidden: {msg}{rule}")
+            }
+            code => bail!("server answered {code}: {msg}"),
+        }
+    }
 }
 
 impl Source {
@@ -340,56 +439,30 @@ impl Source {
     fn scene(&self, at: String) -> anyhow::Result<Json> {
         match self {
             Source::Data { .. } => self.read(Query::Scene { at }),
-            Source::Server { .. } => self.get("scene", &[("at", at)]),
+            Source::Server { .. } => self.get(&["scene"], &[("at", at)]),
         }
     }
 
-    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Json> {
-        let Source::Server { base, prefix } = self else {
+    fn get(&self, path: &[&str], query: &[(&str, String)]) -> anyhow::Result<Json> {
+        let Source::Server(api) = self else {
             bail!("not a server");
         };
-        let q: Vec<String> = query
-            .iter()
-            .map(|(k, v)| format!("{k}={}", enc(v)))
-            .collect();
-        let target = if q.is_empty() {
-            format!("{prefix}/{path}")
-        } else {
-            format!("{prefix}/{path}?{}", q.join("&"))
-        };
-        http(base, "GET", &target, None)
+        api.send(api.client.get(api.url(path)).query(query))
     }
 
-    fn post(&self, path: &str, body: Json) -> anyhow::Result<Json> {
-        let Source::Server { base, prefix } = self else {
+    fn post(&self, path: &[&str], body: Json) -> anyhow::Result<Json> {
+        let Source::Server(api) = self else {
             bail!(
                 "checkpoint and restore write a change: they go through a running server (--server), not --data"
             );
         };
-        http(base, "POST", &format!("{prefix}/{path}"), Some(&body))
+        api.send(api.client.post(api.url(path)).json(&body))
     }
 }
-
-/// Percent-encode everything but unreserved characters.
-fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// A byte stream the CLI's HTTP client can use: TCP or TLS over TCP.
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 /// The rustls configuration for `--server https://…`: Mozilla's public roots plus the PEM
 /// named by `TANDEM_CA_CERT` (a studio's own CA or a self-signed server certificate).
-fn tls_config() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+fn tls_config() -> anyhow::Result<rustls::ClientConfig> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -416,83 +489,7 @@ fn tls_config() -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(std::sync::Arc::new(config))
-}
-
-/// One HTTP/1.1 request, `Connection: close` (the server always answers with a
-/// Content-Length and closes), over plain TCP or TLS.
-fn http(base: &str, method: &str, target: &str, body: Option<&Json>) -> anyhow::Result<Json> {
-    let (tls, rest) = if let Some(rest) = base.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = base.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        bail!("--server must be an http:// or https:// URL, got {base:?}");
-    };
-    let (hostport, base_path) = match rest.split_once('/') {
-        Some((h, p)) => (h, format!("/{}", p.trim_end_matches('/'))),
-        None => (rest, String::new()),
-    };
-    let host = match hostport.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => h,
-        _ => hostport,
-    };
-    let hostport = if host.len() < hostport.len() {
-        hostport.to_owned()
-    } else {
-        format!("{hostport}:{}", if tls { 443 } else { 80 })
-    };
-    let tcp = TcpStream::connect(&hostport)
-        .with_context(|| format!("connecting to {hostport} (is `tandem serve` running?)"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut stream: Box<dyn ReadWrite> = if tls {
-        let name = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
-        let conn = rustls::ClientConnection::new(tls_config()?, name)?;
-        Box::new(rustls::StreamOwned::new(conn, tcp))
-    } else {
-        Box::new(tcp)
-    };
-    let payload = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!(
-        "{method} {base_path}{target} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    if body.is_some() {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            payload.len()
-        ));
-    }
-    req.push_str("\r\n");
-    req.push_str(&payload);
-    stream
-        .write_all(req.as_bytes())
-        .with_context(|| format!("sending to {base}"))?;
-    let mut resp = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut resp) {
-        // The server closes without close_notify; what arrived before is the answer.
-        if resp.is_empty() || e.kind() != std::io::ErrorKind::UnexpectedEof {
-            return Err(e).with_context(|| format!("reading the answer from {base}"));
-        }
-    }
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("malformed HTTP response"))?;
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("malformed HTTP status line"))?;
-    let body = &resp[split + 4..];
-    let v: Json = serde_json::from_slice(body)
-        .unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(body).trim().to_string() }));
-    if status != 200 {
-        let msg = v["error"].as_str().unwrap_or("request failed");
-        bail!("server answered {status}: {msg}");
-    }
-    Ok(v)
+    Ok(config)
 }
 
 fn print(t: &Target, v: &Json, table: impl Fn(&Json) -> String) -> anyhow::Result<()> {
@@ -746,7 +743,19 @@ mod tests {
     }
 
     #[test]
-    fn encoding() {
-        assert_eq!(enc("a b/c,d"), "a%20b%2Fc%2Cd");
+    fn segments_are_encoded_one_by_one() {
+        let api = Api::new(
+            "http://127.0.0.1:7890/prefix/",
+            "shot-010",
+            "scene",
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            api.url(&["node", "a b/c"]).as_str(),
+            "http://127.0.0.1:7890/prefix/api/v1/rooms/shot-010/documents/scene/node/a%20b%2Fc"
+        );
+        assert!(Api::new("ftp://x", "r", "scene", None, None).is_err());
     }
 }

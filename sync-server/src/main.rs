@@ -82,6 +82,9 @@ struct ServeArgs {
     /// address can edit every room. Logged loudly. For a trusted LAN only.
     #[arg(long, env = "TANDEM_INSECURE")]
     insecure: bool,
+    /// Require a valid token for /metrics once users exist (open by default, for scrapers).
+    #[arg(long, env = "TANDEM_METRICS_NEED_TOKEN")]
+    metrics_need_token: bool,
     /// PEM certificate chain (leaf first): serve wss:// and https:// instead of ws:// and
     /// http://. Needs --tls-key.
     #[arg(long, env = "TANDEM_TLS_CERT")]
@@ -134,6 +137,9 @@ impl ServeArgs {
         }
         if self.insecure {
             c.insecure = true
+        }
+        if self.metrics_need_token {
+            c.metrics_need_token = true
         }
         if let Some(v) = self.tls_cert {
             c.tls_cert = Some(v)

@@ -14,13 +14,28 @@ use tandem_client::{Node, NodeId, Options, SceneEvent, SceneSnapshot, Session, V
 const T: Duration = Duration::from_secs(20);
 
 fn http(addr: SocketAddr, method: &str, target: &str, body: Option<&str>) -> (u16, Json) {
+    http_with(addr, method, target, body, &[])
+}
+
+/// One request with extra header lines (`"Name: value"`); a body is sent as JSON.
+fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    body: Option<&str>,
+    headers: &[&str],
+) -> (u16, Json) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
+    let mut extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    if body.is_some() {
+        extra.push_str("Content-Type: application/json\r\n");
+    }
     let body = body.unwrap_or("");
     write!(
         s,
-        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -188,11 +203,13 @@ fn history_over_http_and_the_cli() {
     assert_eq!(b["blame"]["author"], "bob", "{b}");
 
     // A checkpoint made through the API is a change a connected client receives.
-    let (st, cp) = http(
+    // Open development mode: the caller names themselves with X-Tandem-User.
+    let (st, cp) = http_with(
         addr,
         "POST",
         &format!("{base}/checkpoints"),
-        Some(r#"{"name": "layout-v1", "comment": "approved", "user": "carol"}"#),
+        Some(r#"{"name": "layout-v1", "comment": "approved"}"#),
+        &["X-Tandem-User: carol"],
     );
     assert_eq!(st, 200, "{cp}");
     assert_eq!(cp["checkpoint"]["author"], "carol");
@@ -221,11 +238,12 @@ fn history_over_http_and_the_cli() {
     assert!(sb.wait_saved(T));
     assert!(sa.wait_heads(&sb.heads(), T).unwrap());
     sa.drain_events();
-    let (st, r) = http(
+    let (st, r) = http_with(
         addr,
         "POST",
         &format!("{base}/restore"),
-        Some(&json!({"at": v1, "node": cube.id.to_string(), "user": "dana"}).to_string()),
+        Some(&json!({"at": v1, "node": cube.id.to_string()}).to_string()),
+        &["X-Tandem-User: dana"],
     );
     assert_eq!(st, 200, "{r}");
     assert_eq!(r["changed"], 1, "{r}");
@@ -283,6 +301,13 @@ fn history_over_http_and_the_cli() {
             400,
         ),
         ("POST", format!("{base}/restore"), Some("not json"), 400),
+        (
+            "POST",
+            format!("{base}/restore"),
+            Some(r#"{"at": "latest", "user": "mallory"}"#),
+            400,
+        ),
+        ("POST", format!("{base}/restore"), Some("[1, 2]"), 400),
         (
             "POST",
             format!("{base}/restore"),
@@ -463,7 +488,7 @@ fn history_over_http_and_the_cli() {
 fn server_changes_are_appended_and_synced_sans_io() {
     use automerge::sync::SyncDoc;
     use tandem_core::wire::{DocumentId, Message, PeerId, SyncMessage};
-    use tandem_core::{SceneDoc, UserId};
+    use tandem_core::{Role, SceneDoc, UserId};
     use tandem_server::protocol::{ConnId, DocSource, Output, PeerInfo, Room, RoomLimits};
     use tandem_server::store::LoadedDoc;
 
@@ -520,7 +545,9 @@ fn server_changes_are_appended_and_synced_sans_io() {
     let before = copy.heads();
     copy.checkpoint("v1", "", 5).unwrap();
     let changes = copy.changes_since(&before);
-    let (heads, seq) = room.apply_server_changes(&doc_id, changes.clone()).unwrap();
+    let (heads, seq) = room
+        .apply_server_changes(&doc_id, changes.clone(), "carol", Role::Editor)
+        .unwrap();
     assert_eq!(heads, copy.heads());
     let seq = seq.expect("new changes are appended");
     room.flush();
@@ -536,9 +563,14 @@ fn server_changes_are_appended_and_synced_sans_io() {
         "the connected peer is sent the change: {out:?}"
     );
     // Nothing new: no append. Unknown document: an error.
-    assert_eq!(room.apply_server_changes(&doc_id, changes).unwrap().1, None);
+    assert_eq!(
+        room.apply_server_changes(&doc_id, changes, "carol", Role::Editor)
+            .unwrap()
+            .1,
+        None
+    );
     assert!(
-        room.apply_server_changes(&DocumentId::random(), Vec::new())
+        room.apply_server_changes(&DocumentId::random(), Vec::new(), "carol", Role::Admin)
             .is_err()
     );
 }

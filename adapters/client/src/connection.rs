@@ -169,6 +169,7 @@ fn after_disconnect(shared: &SessionShared) {
         i.sync = sync::State::decode(&i.sync.encode()).unwrap_or_default();
         i.announced = false;
         i.awaiting_snapshot = false;
+        i.stalled = false;
         i.state_dirty = true;
         if let Err(e) = i.persist(false) {
             tracing::warn!(error = %e, "writing sync state failed");
@@ -486,8 +487,9 @@ impl Conn {
     fn sync_frames(&self, d: &DocShared) -> Vec<Message> {
         let mut guard = d.lock();
         let i = &mut *guard;
-        if i.awaiting_snapshot {
+        if i.awaiting_snapshot || i.stalled {
             // Syncing now would make the server send every change: wait for the snapshot.
+            // Or the server refused the document's structure: resending cannot help.
             return Vec::new();
         }
         let kind_request = i.ask_first;
@@ -736,6 +738,32 @@ impl Conn {
         let i = &mut *guard;
         if e.request_id.is_some_and(|r| r < i.rebase_epoch) {
             tracing::debug!(doc = %d.id, message = %e.message, "refusal of a message sent before the last rebase");
+            return false;
+        }
+        if refusal.node.is_none()
+            && matches!(
+                refusal.field.as_deref(),
+                Some("schema" | "nodes" | "rules" | "checkpoints")
+            )
+        {
+            // The scene's structure (creating the scene, on a server that has not got it)
+            // is an admin's: no rebase makes that legal, so stop instead of resending.
+            tracing::warn!(doc = %d.id, message = %e.message, "the server refused this scene's structure; not resending");
+            i.stalled = true;
+            i.last_error = Some(format!(
+                "forbidden: {}: this room has no scene on the server yet and only an admin may create it; ask an admin to open the room once (connect with an admin token), then reconnect. Edits stay in the local replica meanwhile",
+                e.message
+            ));
+            drop(guard);
+            d.cv.notify_all();
+            self.shared.push_event(ClientEvent::Refused {
+                doc: d.id.to_string(),
+                node: None,
+                parm: None,
+                field: refusal.field.clone(),
+                rule: refusal.rule.clone(),
+                message: e.message.clone(),
+            });
             return false;
         }
         tracing::info!(doc = %d.id, message = %e.message, "the server refused our changes; rebasing");

@@ -105,6 +105,10 @@ pub(crate) struct DocInner {
     pub(crate) held: VecDeque<sync::Message>,
     /// A `tandem-snapshot-request` is out on this connection: hold sync until its answer.
     pub(crate) awaiting_snapshot: bool,
+    /// The server refused this document's structure (creating a scene needs an admin):
+    /// rebasing cannot fix that, so nothing more is sent on this connection (what to do is
+    /// in `last_error`). Cleared on reconnect.
+    pub(crate) stalled: bool,
 }
 
 /// An open document, shared by the host's handles and the network task.
@@ -150,6 +154,7 @@ impl DocShared {
             rebase_epoch: 0,
             held: VecDeque::new(),
             awaiting_snapshot: false,
+            stalled: false,
         };
         if fresh {
             // Make the directory a replica at once (genesis), so a restart finds it.

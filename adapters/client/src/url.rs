@@ -16,12 +16,7 @@ pub struct ServerUrl {
     pub room: String,
 }
 
-/// Room names: 1-128 characters of `A-Z a-z 0-9 . _ -` (the server's rule).
-pub fn valid_room_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
+pub use tandem_core::valid_room_name;
 
 impl ServerUrl {
     /// Parses `url` (`ws://` or `wss://`) for `room`. A `?room=` in the URL is overridden by

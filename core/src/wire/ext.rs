@@ -118,6 +118,20 @@ pub enum ErrorCode {
     BadMessage,
     /// Protocol versions do not match.
     VersionMismatch,
+    /// No such room, node, version or route (HTTP API).
+    NotFound,
+    /// The request clashes with what exists (a checkpoint name already taken).
+    Conflict,
+    /// The server cannot answer now (a room shutting down, a write not stored in time).
+    Unavailable,
+    /// The server failed; the request may be retried.
+    Internal,
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl ErrorCode {
@@ -130,6 +144,10 @@ impl ErrorCode {
             ErrorCode::UnknownDoc => "unknown_doc",
             ErrorCode::BadMessage => "bad_message",
             ErrorCode::VersionMismatch => "version_mismatch",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
         }
     }
 
@@ -142,6 +160,10 @@ impl ErrorCode {
             "unknown_doc" => ErrorCode::UnknownDoc,
             "bad_message" => ErrorCode::BadMessage,
             "version_mismatch" => ErrorCode::VersionMismatch,
+            "not_found" => ErrorCode::NotFound,
+            "conflict" => ErrorCode::Conflict,
+            "unavailable" => ErrorCode::Unavailable,
+            "internal" => ErrorCode::Internal,
             _ => return None,
         })
     }

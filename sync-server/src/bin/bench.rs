@@ -86,7 +86,7 @@ impl ServerProc {
     async fn store_stats(&self) -> Res<(f64, f64, f64)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = TcpStream::connect(&self.addr).await?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await?;
         let mut body = String::new();
         s.read_to_string(&mut body).await?;

@@ -17,7 +17,7 @@
 pub mod handshake;
 mod room;
 
-pub use room::{ConnId, DocSource, Output, PeerInfo, Room, RoomLimits};
+pub use room::{ConnId, DocSource, Output, PeerInfo, Room, RoomLimits, ServerChangeError};
 
 /// WebSocket close codes the server uses.
 pub mod close_code {

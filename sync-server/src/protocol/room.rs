@@ -30,6 +30,16 @@ use super::close_code;
 use crate::chunks::{CHUNK_BUNDLE, CHUNK_DOCUMENT, storage_chunks};
 use crate::store::LoadedDoc;
 
+/// Why changes the server made for an API caller were not applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerChangeError {
+    /// The caller's role or the document's rules refuse them (nothing was applied).
+    Forbidden(tandem_core::Forbidden),
+    /// They could not be applied or stored.
+    Failed(String),
+}
+
 /// A connection, unique for the life of the server process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
@@ -944,21 +954,43 @@ impl Room {
         self.ensure_loaded(doc, source)
     }
 
-    /// Changes made by the server itself (history checkpoints and restores, attributed to
-    /// the API caller): applied to the room's document like a peer's changes, appended to
-    /// the store, and synced to every connection that has the document open. Returns the
-    /// new heads and, if anything was new, the sequence number of the append (durable once
-    /// [`Room::persisted`] reports it). The document must be loaded.
+    /// Changes the server made for an API caller (history checkpoints and restores, authored
+    /// by `user`): checked against the document's rules as `user` with `role` exactly as a
+    /// peer's changes are (admins skip the check), then applied to the room's document,
+    /// appended to the store, and synced to every connection that has the document open.
+    /// Returns the new heads and, if anything was new, the sequence number of the append
+    /// (durable once [`Room::persisted`] reports it). The document must be loaded. A refused
+    /// write changes nothing.
     pub fn apply_server_changes(
         &mut self,
         doc_id: &DocumentId,
         changes: Vec<automerge::Change>,
-    ) -> Result<(Vec<ChangeHash>, Option<u64>), String> {
+        user: &str,
+        role: Role,
+    ) -> Result<(Vec<ChangeHash>, Option<u64>), ServerChangeError> {
         let Some(ds) = self.docs.get_mut(doc_id) else {
-            return Err(format!("document {doc_id} is not loaded"));
+            return Err(ServerChangeError::Failed(format!(
+                "document {doc_id} is not loaded"
+            )));
         };
+        if role != Role::Admin {
+            let user = UserId::new(user).map_err(|e| ServerChangeError::Failed(e.to_string()))?;
+            // The checker judges changes the document does not hold yet.
+            let fresh: Vec<Change> = changes
+                .iter()
+                .filter(|c| ds.doc.get_change_by_hash(&c.hash()).is_none())
+                .cloned()
+                .collect();
+            if let Err(f) = ds.rules.check(&ds.doc, &fresh, &user, role) {
+                // The checker's index may have learned objects of the refused changes.
+                ds.rules = RuleChecker::new();
+                return Err(ServerChangeError::Forbidden(f));
+            }
+        }
         let before = ds.doc.get_heads();
-        ds.doc.apply_changes(changes).map_err(|e| e.to_string())?;
+        ds.doc
+            .apply_changes(changes)
+            .map_err(|e| ServerChangeError::Failed(e.to_string()))?;
         let after = ds.doc.get_heads();
         if after == before {
             return Ok((after, None));

@@ -1,74 +1,116 @@
-//! The JSON API under `/api/v1/`: rooms, their documents, who is connected.
+//! The JSON API's room routes (history is in `history_api`):
 //!
-//! - `GET /api/v1/rooms` — every room with stored documents or live connections.
+//! - `GET /api/v1/rooms` — the rooms the caller's token opens that have stored documents
+//!   or live connections.
 //! - `GET /api/v1/rooms/{room}` — `{room, peers: [...], documents: [...]}`.
 //! - `GET /api/v1/rooms/{room}/documents` — stored documents with their sizes.
 //! - `GET /api/v1/rooms/{room}/peers` — who is connected.
-//! - `/api/v1/rooms/{room}/documents/{doc}/...` — history (see `history_api`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use serde_json::json;
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
 
 use super::Shared;
-use super::http::{Request, valid_room_name};
+use super::routes::{ApiError, Caller, RoomGrant};
+use crate::store::DocSummary;
 
-pub(crate) async fn handle(shared: &Arc<Shared>, req: &Request, body: &[u8]) -> (u16, String) {
-    let parts: Vec<&str> = req
-        .path
-        .trim_start_matches("/api/v1/")
-        .trim_end_matches('/')
-        .split('/')
-        .collect();
+/// `GET /api/v1/rooms`.
+#[derive(Serialize)]
+pub(crate) struct RoomList {
+    rooms: Vec<RoomEntry>,
+}
+
+#[derive(Serialize)]
+struct RoomEntry {
+    room: String,
+    /// Live connections.
+    connected: usize,
+}
+
+/// A connected peer.
+#[derive(Serialize)]
+pub(crate) struct PeerEntry {
+    conn: u64,
+    #[serde(rename = "peerId")]
+    peer_id: String,
+    user: Option<String>,
+    tandem: bool,
+}
+
+/// `GET /api/v1/rooms/{room}` (and its `documents` and `peers` halves).
+#[derive(Serialize)]
+pub(crate) struct RoomView {
+    room: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<Vec<PeerEntry>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    documents: Option<Vec<DocSummary>>,
+}
+
+pub(crate) async fn list_rooms(
+    State(shared): State<Arc<Shared>>,
+    caller: Caller,
+) -> Result<Json<RoomList>, ApiError> {
     let store = shared.store.clone();
-    let result = match parts.as_slice() {
-        ["rooms", room, "documents", doc, rest @ ..]
-            if !rest.is_empty() && valid_room_name(room) =>
-        {
-            return super::history_api::handle(shared, req, body, room, doc, rest).await;
-        }
-        _ if req.method != "GET" => {
-            return (405, json!({"error": "method not allowed"}).to_string());
-        }
-        ["rooms"] => {
-            let stored = tokio::task::spawn_blocking(move || store.list_rooms()).await;
-            let live: Vec<(String, usize)> = live_rooms(shared);
-            match stored {
-                Ok(Ok(stored)) => {
-                    let mut names: BTreeSet<String> = stored.into_iter().collect();
-                    names.extend(live.iter().map(|(n, _)| n.clone()));
-                    let rooms: Vec<_> = names
-                        .into_iter()
-                        .map(|n| {
-                            let peers = live.iter().find(|(l, _)| *l == n).map_or(0, |(_, c)| *c);
-                            json!({"room": n, "connected": peers})
-                        })
-                        .collect();
-                    Ok(json!({ "rooms": rooms }))
-                }
-                _ => Err("store unavailable"),
-            }
-        }
-        ["rooms", room, rest @ ..] if valid_room_name(room) => {
-            let room = room.to_string();
-            let peers = peers_of(shared, &room);
-            let r2 = room.clone();
-            let docs = tokio::task::spawn_blocking(move || store.list_docs(Some(&r2))).await;
-            match (rest, docs) {
-                ([], Ok(Ok(docs))) => Ok(json!({"room": room, "peers": peers, "documents": docs})),
-                (["documents"], Ok(Ok(docs))) => Ok(json!({"room": room, "documents": docs})),
-                (["peers"], _) => Ok(json!({"room": room, "peers": peers})),
-                ([], _) | (["documents"], _) => Err("store unavailable"),
-                _ => return (404, json!({"error": "not found"}).to_string()),
-            }
-        }
-        _ => return (404, json!({"error": "not found"}).to_string()),
-    };
-    match result {
-        Ok(v) => (200, v.to_string()),
-        Err(e) => (500, json!({ "error": e }).to_string()),
-    }
+    let stored = tokio::task::spawn_blocking(move || store.list_rooms())
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("store unavailable: {e}")))?;
+    let live = live_rooms(&shared);
+    let mut names: BTreeSet<String> = stored.into_iter().collect();
+    names.extend(live.iter().map(|(n, _)| n.clone()));
+    let rooms = names
+        .into_iter()
+        .filter(|n| caller.opens(n))
+        .map(|room| {
+            let connected = live.iter().find(|(l, _)| *l == room).map_or(0, |(_, c)| *c);
+            RoomEntry { room, connected }
+        })
+        .collect();
+    Ok(Json(RoomList { rooms }))
+}
+
+pub(crate) async fn room(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+) -> Result<Json<RoomView>, ApiError> {
+    let documents = documents_of(&shared, &grant.room).await?;
+    Ok(Json(RoomView {
+        peers: Some(peers_of(&shared, &grant.room)),
+        documents: Some(documents),
+        room: grant.room,
+    }))
+}
+
+pub(crate) async fn documents(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+) -> Result<Json<RoomView>, ApiError> {
+    let documents = documents_of(&shared, &grant.room).await?;
+    Ok(Json(RoomView {
+        peers: None,
+        documents: Some(documents),
+        room: grant.room,
+    }))
+}
+
+pub(crate) async fn peers(State(shared): State<Arc<Shared>>, grant: RoomGrant) -> Json<RoomView> {
+    Json(RoomView {
+        peers: Some(peers_of(&shared, &grant.room)),
+        documents: None,
+        room: grant.room,
+    })
+}
+
+async fn documents_of(shared: &Shared, room: &str) -> Result<Vec<DocSummary>, ApiError> {
+    let (store, room) = (shared.store.clone(), room.to_owned());
+    tokio::task::spawn_blocking(move || store.list_docs(Some(&room)))
+        .await
+        .map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("store unavailable: {e}")))
 }
 
 fn live_rooms(shared: &Shared) -> Vec<(String, usize)> {
@@ -88,16 +130,19 @@ fn live_rooms(shared: &Shared) -> Vec<(String, usize)> {
         .collect()
 }
 
-fn peers_of(shared: &Shared, room: &str) -> serde_json::Value {
+fn peers_of(shared: &Shared, room: &str) -> Vec<PeerEntry> {
     let rooms = shared.rooms.lock().unwrap_or_else(|p| p.into_inner());
     let Some(h) = rooms.get(room) else {
-        return json!([]);
+        return Vec::new();
     };
     let s = h.summary.lock().unwrap_or_else(|p| p.into_inner());
-    serde_json::Value::Array(
-        s.peers
-            .iter()
-            .map(|(conn, p)| json!({"conn": conn, "peerId": p.peer_id.as_str(), "user": p.user, "tandem": p.tandem}))
-            .collect(),
-    )
+    s.peers
+        .iter()
+        .map(|(conn, p)| PeerEntry {
+            conn: *conn,
+            peer_id: p.peer_id.as_str().to_owned(),
+            user: p.user.clone(),
+            tandem: p.tandem,
+        })
+        .collect()
 }

@@ -7,27 +7,112 @@
 //! stops reading cannot hold the task forever; the bounded queue in front of it is what
 //! protects the room.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tracing::Instrument;
 
+use super::http::Accepted;
 use super::room_task::{ConnOut, RoomCmd};
-use super::tls::Stream;
 use super::{Shared, next_conn_id};
 use crate::protocol::close_code;
 use crate::protocol::handshake::accept_join;
 
-type Ws = WebSocketStream<Stream>;
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// `/sync?room=NAME[&token=…]` query.
+#[derive(serde::Deserialize)]
+pub(crate) struct SyncParams {
+    room: Option<String>,
+    token: Option<String>,
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], text).into_response()
+}
+
+/// `GET /sync`: check the upgrade request, answer `101`, and serve the WebSocket once hyper
+/// hands the connection over. The token is checked in the `join` (see `accept_join`),
+/// under the same deadline, which runs from TCP accept.
+pub(crate) async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<SyncParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    mut req: axum::extract::Request,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return plain(StatusCode::BAD_REQUEST, "bad query string\n");
+    };
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|u| u.to_str().ok())
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade)
+        .map(|k| k.as_bytes().to_vec())
+    else {
+        return plain(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
+    };
+    let room = params.room.unwrap_or_else(|| "default".to_owned());
+    if !tandem_core::valid_room_name(&room) {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "room names are 1-128 of A-Z a-z 0-9 . _ -\n",
+        );
+    }
+    if shared.metrics.connections_open.load(Relaxed) as usize >= shared.config.max_connections {
+        shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached\n",
+        );
+    }
+    let Some(accepted) = req.extensions().get::<Accepted>().copied() else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "no connection info\n");
+    };
+    // Stock automerge-repo clients can only pass a token in the URL (or a header).
+    let token = params.token.or_else(|| {
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_owned())
+    });
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    // Counted from here so the limit holds while upgrades are in flight.
+    shared.metrics.connections_total.fetch_add(1, Relaxed);
+    shared.metrics.connections_open.fetch_add(1, Relaxed);
+    tokio::spawn(async move {
+        let deadline = accepted.at + shared.config.handshake_timeout;
+        match timeout_at(deadline, on_upgrade).await {
+            Ok(Ok(upgraded)) => serve(shared.clone(), upgraded, room, token, accepted).await,
+            Ok(Err(e)) => tracing::debug!(peer = %accepted.peer, error = %e, "upgrade failed"),
+            Err(_) => tracing::debug!(peer = %accepted.peer, "upgrade deadline passed"),
+        }
+        shared.metrics.connections_open.fetch_sub(1, Relaxed);
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "upgrade failed\n"))
+}
 
 async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
     let frame = CloseFrame {
@@ -43,43 +128,40 @@ async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
 }
 
 /// Serve a connection whose HTTP upgrade has been answered.
-pub(crate) async fn serve(
+async fn serve(
     shared: Arc<Shared>,
-    stream: Stream,
-    leftover: Vec<u8>,
+    upgraded: hyper::upgrade::Upgraded,
     room: String,
     token: Option<String>,
-    addr: SocketAddr,
+    accepted: Accepted,
 ) {
     let conn = next_conn_id(&shared);
-    let span =
-        tracing::info_span!("conn", %conn, room = %room, user = tracing::field::Empty, %addr);
-    let metrics = shared.metrics.clone();
-    metrics.connections_total.fetch_add(1, Relaxed);
-    metrics.connections_open.fetch_add(1, Relaxed);
-    serve_inner(shared, stream, leftover, room, token, conn)
+    let span = tracing::info_span!("conn", %conn, room = %room, user = tracing::field::Empty, addr = %accepted.peer);
+    serve_inner(shared, upgraded, room, token, conn, accepted.at)
         .instrument(span)
         .await;
-    metrics.connections_open.fetch_sub(1, Relaxed);
 }
 
 async fn serve_inner(
     shared: Arc<Shared>,
-    stream: Stream,
-    leftover: Vec<u8>,
+    upgraded: hyper::upgrade::Upgraded,
     room_name: String,
     token: Option<String>,
     conn: crate::protocol::ConnId,
+    accepted_at: Instant,
 ) {
     let cfg = shared.config.clone();
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_message_bytes));
     let mut ws =
-        WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config)).await;
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
+    // One deadline from TCP accept to a completed join, as documented.
+    let deadline = accepted_at + cfg.handshake_timeout;
 
     // Handshake: the first binary frame must be a valid join, before the deadline.
-    let first = timeout(cfg.handshake_timeout, async {
+    let first = timeout_at(deadline, async {
         loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Binary(b))) => return Ok(b),

@@ -7,149 +7,236 @@
 //! - `GET node/{id}?at=V` — one node at `V`.
 //! - `GET diff?from=V&to=V` — scene events between two versions (`to` defaults to latest).
 //! - `GET blame?node=ID&parm=P` — who last changed the node (or that parm), and when.
-//! - `GET checkpoints`, `POST checkpoints {name, comment?, user?}`.
-//! - `POST restore {at, node?, user?}` — the scene (or the subtree under `node`) back to
-//!   `at`, as one new change.
+//! - `GET checkpoints`, `POST checkpoints {name, comment?}`.
+//! - `POST restore {at, node?}` — the scene (or the subtree under `node`) back to `at`, as
+//!   one new change.
 //!
 //! Reads use the room's live copy if its actor holds the document, else the store. Writes
-//! are computed on a copy of the live document and handed to the room actor, which applies,
-//! stores and syncs them like any peer's changes; the answer comes once they are durable.
-//! Writes are attributed to `user` from the body, else the `X-Tandem-User` header, else
-//! `server`.
+//! are computed on a copy of the live document, as the caller's user, and handed to the
+//! room actor, which checks them against the room's rules exactly as it checks a peer's
+//! changes (a refusal is a 403 naming node, field and rule, and nothing is applied), then
+//! applies, stores and syncs them; the answer comes once they are durable.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::Automerge;
-use serde_json::{Value as Json, json};
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
 use tandem_core::LogFilter;
 use tandem_core::wire::DocumentId;
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::http::Request;
-use super::room_task::RoomCmd;
+use super::room_task::{RoomCmd, ServerChangeError};
+use super::routes::{ApiError, Body, Params, RoomGrant};
 use crate::history::{self, HistoryError, Query};
 
-type Result<T> = std::result::Result<T, HistoryError>;
+type Result<T> = std::result::Result<T, ApiError>;
 
 /// How long a write may wait for the room and the store.
 const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
-pub(crate) async fn handle(
-    shared: &Arc<Shared>,
-    req: &Request,
-    body: &[u8],
-    room: &str,
-    doc: &str,
-    rest: &[&str],
-) -> (u16, String) {
-    match route(shared, req, body, room, doc, rest).await {
-        Ok(v) => (200, v.to_string()),
-        Err(e) => {
-            if e.status >= 500 {
-                tracing::error!(room, doc, error = %e.message, "history request failed");
-            }
-            (e.status, json!({ "error": e.message }).to_string())
-        }
-    }
+/// `{room}/documents/{doc}` path parameters.
+#[derive(Deserialize)]
+pub(crate) struct DocPath {
+    #[allow(dead_code)] // checked (and handed over) by the room check
+    room: String,
+    doc: String,
 }
 
-async fn route(
-    shared: &Arc<Shared>,
-    req: &Request,
-    body: &[u8],
-    room: &str,
-    doc: &str,
-    rest: &[&str],
-) -> Result<Json> {
-    let q = |k: &str| req.query(k).filter(|v| !v.is_empty()).map(str::to_owned);
-    let query = match (req.method.as_str(), rest) {
-        ("GET", ["log"]) => Query::Log(LogFilter {
-            user: q("user"),
-            since_ms: q("since").map(|s| history::parse_time(&s)).transpose()?,
-            until_ms: q("until").map(|s| history::parse_time(&s)).transpose()?,
-            node: q("node").map(|s| history::parse_node(&s)).transpose()?,
-            limit: q("limit")
-                .map(|s| {
-                    s.parse::<usize>()
-                        .map_err(|_| HistoryError::bad(format!("invalid limit {s:?}")))
-                })
-                .transpose()?,
-        }),
-        ("GET", ["scene"]) => Query::Scene {
-            at: q("at").unwrap_or_else(|| "latest".into()),
-        },
-        ("GET", ["node", id]) => Query::Node {
-            id: (*id).to_owned(),
-            at: q("at").unwrap_or_else(|| "latest".into()),
-        },
-        ("GET", ["diff"]) => Query::Diff {
-            from: q("from").ok_or_else(|| HistoryError::bad("diff needs from=VERSION"))?,
-            to: q("to").unwrap_or_else(|| "latest".into()),
-        },
-        ("GET", ["blame"]) => Query::Blame {
-            node: q("node").ok_or_else(|| HistoryError::bad("blame needs node=ID"))?,
-            parm: q("parm"),
-        },
-        ("GET", ["checkpoints"]) => Query::Checkpoints,
-        ("POST", ["checkpoints"]) => {
-            let b = json_body(body)?;
-            let name = str_field(&b, "name")?
-                .ok_or_else(|| HistoryError::bad("a checkpoint needs a name"))?;
-            let comment = str_field(&b, "comment")?.unwrap_or_default();
-            let user = caller(req, &b)?;
-            let now = now_ms();
-            return write(shared, room, doc, move |d| {
-                history::checkpoint(d, &user, &name, &comment, now)
+/// `.../node/{node}`.
+#[derive(Deserialize)]
+pub(crate) struct NodePath {
+    #[allow(dead_code)]
+    room: String,
+    doc: String,
+    node: String,
+}
+
+/// Empty query values count as absent (`?user=` from a form).
+fn given(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.is_empty())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct LogParams {
+    user: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    node: Option<String>,
+    limit: Option<String>,
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct AtParams {
+    at: Option<String>,
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct DiffParams {
+    from: Option<String>,
+    to: Option<String>,
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct BlameParams {
+    node: Option<String>,
+    parm: Option<String>,
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+/// `POST checkpoints`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewCheckpoint {
+    name: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// `POST restore`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RestoreRequest {
+    at: String,
+    #[serde(default)]
+    node: Option<String>,
+}
+
+fn latest(at: Option<String>) -> String {
+    given(at).unwrap_or_else(|| "latest".into())
+}
+
+pub(crate) async fn log(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+    Params(q): Params<LogParams>,
+) -> Result<Json<Json_>> {
+    let filter = LogFilter {
+        user: given(q.user),
+        since_ms: given(q.since)
+            .map(|s| history::parse_time(&s))
+            .transpose()?,
+        until_ms: given(q.until)
+            .map(|s| history::parse_time(&s))
+            .transpose()?,
+        node: given(q.node).map(|s| history::parse_node(&s)).transpose()?,
+        limit: given(q.limit)
+            .map(|s| {
+                s.parse::<usize>()
+                    .map_err(|_| HistoryError::bad(format!("invalid limit {s:?}")))
             })
-            .await;
-        }
-        ("POST", ["restore"]) => {
-            let b = json_body(body)?;
-            let at = str_field(&b, "at")?.ok_or_else(|| HistoryError::bad("restore needs at"))?;
-            let node = str_field(&b, "node")?;
-            let user = caller(req, &b)?;
-            let now = now_ms();
-            return write(shared, room, doc, move |d| {
-                history::restore(d, &user, &at, node.as_deref(), now)
-            })
-            .await;
-        }
-        (_, ["log" | "scene" | "diff" | "blame" | "checkpoints" | "restore"] | ["node", _]) => {
-            return Err(HistoryError {
-                status: 405,
-                message: format!("{} is not allowed here", req.method),
-            });
-        }
-        _ => return Err(HistoryError::not_found("not found")),
+            .transpose()?,
     };
-    let doc_id = history::resolve_doc_id(room, Some(doc))?;
-    let doc = read_doc(shared, room, &doc_id).await?;
-    blocking(move || history::read(doc, &query)).await
+    answer(&shared, &grant, &p.doc, Query::Log(filter)).await
 }
 
-fn json_body(body: &[u8]) -> Result<Json> {
-    let v: Json = serde_json::from_slice(body)
-        .map_err(|e| HistoryError::bad(format!("the body is not JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(HistoryError::bad("the body must be a JSON object"));
-    }
-    Ok(v)
+pub(crate) async fn scene(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+    Params(q): Params<AtParams>,
+) -> Result<Json<Json_>> {
+    let query = Query::Scene { at: latest(q.at) };
+    answer(&shared, &grant, &p.doc, query).await
 }
 
-fn str_field(b: &Json, key: &str) -> Result<Option<String>> {
-    match b.get(key) {
-        None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(HistoryError::bad(format!("{key} must be a string"))),
-    }
+pub(crate) async fn node(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<NodePath>,
+    Params(q): Params<AtParams>,
+) -> Result<Json<Json_>> {
+    let query = Query::Node {
+        id: p.node,
+        at: latest(q.at),
+    };
+    answer(&shared, &grant, &p.doc, query).await
 }
 
-fn caller(req: &Request, b: &Json) -> Result<String> {
-    Ok(str_field(b, "user")?
-        .or_else(|| req.header("x-tandem-user").map(str::to_owned))
-        .unwrap_or_else(|| history::DEFAULT_USER.to_owned()))
+pub(crate) async fn diff(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+    Params(q): Params<DiffParams>,
+) -> Result<Json<Json_>> {
+    let query = Query::Diff {
+        from: given(q.from).ok_or_else(|| HistoryError::bad("diff needs from=VERSION"))?,
+        to: latest(q.to),
+    };
+    answer(&shared, &grant, &p.doc, query).await
+}
+
+pub(crate) async fn blame(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+    Params(q): Params<BlameParams>,
+) -> Result<Json<Json_>> {
+    let query = Query::Blame {
+        node: given(q.node).ok_or_else(|| HistoryError::bad("blame needs node=ID"))?,
+        parm: given(q.parm),
+    };
+    answer(&shared, &grant, &p.doc, query).await
+}
+
+pub(crate) async fn checkpoints(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+) -> Result<Json<Json_>> {
+    answer(&shared, &grant, &p.doc, Query::Checkpoints).await
+}
+
+pub(crate) async fn create_checkpoint(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+    Body(b): Body<NewCheckpoint>,
+) -> Result<Json<Json_>> {
+    let user = grant.user.clone();
+    let comment = b.comment.unwrap_or_default();
+    let now = now_ms();
+    write(&shared, &grant, &p.doc, move |d| {
+        history::checkpoint(d, &user, &b.name, &comment, now)
+    })
+    .await
+}
+
+pub(crate) async fn restore(
+    State(shared): State<Arc<Shared>>,
+    grant: RoomGrant,
+    Path(p): Path<DocPath>,
+    Body(b): Body<RestoreRequest>,
+) -> Result<Json<Json_>> {
+    let (user, role) = (grant.user.clone(), grant.role);
+    let now = now_ms();
+    write(&shared, &grant, &p.doc, move |d| {
+        history::restore(d, &user, role, &b.at, b.node.as_deref(), now)
+    })
+    .await
+}
+
+async fn answer(
+    shared: &Arc<Shared>,
+    grant: &RoomGrant,
+    doc: &str,
+    query: Query,
+) -> Result<Json<Json_>> {
+    let doc_id = history::resolve_doc_id(&grant.room, Some(doc))?;
+    let doc = read_doc(shared, &grant.room, &doc_id).await?;
+    Ok(Json(blocking(move || history::read(doc, &query)).await?))
 }
 
 fn now_ms() -> i64 {
@@ -159,10 +246,20 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, HistoryError> + Send + 'static,
+) -> std::result::Result<T, HistoryError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| HistoryError::internal(format!("history task failed: {e}")))?
+}
+
+fn unavailable(message: &str) -> HistoryError {
+    HistoryError {
+        status: 503,
+        message: message.into(),
+        refusal: None,
+    }
 }
 
 /// Ask the room actor for a copy of the document (`load`: from the store if it does not
@@ -172,7 +269,7 @@ async fn copy_from_room(
     room: &str,
     doc: &DocumentId,
     load: bool,
-) -> Result<Option<Automerge>> {
+) -> std::result::Result<Option<Automerge>, HistoryError> {
     let handle = if load {
         Some(shared.room(room))
     } else {
@@ -194,15 +291,16 @@ async fn copy_from_room(
     match tokio::time::timeout(WRITE_DEADLINE, rx).await {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(_)) => Ok(None),
-        Err(_) => Err(HistoryError {
-            status: 503,
-            message: "the room did not answer in time".into(),
-        }),
+        Err(_) => Err(unavailable("the room did not answer in time")),
     }
 }
 
 /// The live document if the room holds it, else the stored one.
-async fn read_doc(shared: &Arc<Shared>, room: &str, doc: &DocumentId) -> Result<Automerge> {
+async fn read_doc(
+    shared: &Arc<Shared>,
+    room: &str,
+    doc: &DocumentId,
+) -> std::result::Result<Automerge, HistoryError> {
     if let Some(d) = copy_from_room(shared, room, doc, false).await? {
         return Ok(d);
     }
@@ -219,14 +317,25 @@ async fn read_doc(shared: &Arc<Shared>, room: &str, doc: &DocumentId) -> Result<
         .ok_or_else(|| HistoryError::not_found(format!("no document {doc} in room {room}")))
 }
 
-/// Compute a write on a copy of the live document, then have the room apply, store and sync
-/// it; answer once it is durable, with the new heads.
+/// Compute a write on a copy of the live document as the grant's user, then have the room
+/// check it against the rules, apply, store and sync it; answer once it is durable, with
+/// the new heads.
 async fn write(
     shared: &Arc<Shared>,
-    room: &str,
+    grant: &RoomGrant,
     doc: &str,
-    f: impl FnOnce(Automerge) -> Result<history::Write> + Send + 'static,
-) -> Result<Json> {
+    f: impl FnOnce(Automerge) -> std::result::Result<history::Write, HistoryError> + Send + 'static,
+) -> Result<Json<Json_>> {
+    let room = grant.room.as_str();
+    // A viewer's write is refused even when it would change nothing (a restore to the
+    // current version): the route itself is a write.
+    if grant.role == tandem_core::Role::Viewer {
+        return Err(ApiError::forbidden(tandem_core::Forbidden {
+            node: None,
+            field: None,
+            rule: "viewers cannot edit".into(),
+        }));
+    }
     let doc_id = history::resolve_doc_id(room, Some(doc))?;
     // Do not start an actor for a room that has neither connections nor this document.
     let live = shared
@@ -244,9 +353,9 @@ async fn write(
         })
         .await?;
         if !stored {
-            return Err(HistoryError::not_found(format!(
-                "no document {doc_id} in room {room}"
-            )));
+            return Err(
+                HistoryError::not_found(format!("no document {doc_id} in room {room}")).into(),
+            );
         }
     }
     let current = copy_from_room(shared, room, &doc_id, true)
@@ -257,23 +366,18 @@ async fn write(
     let cmd = RoomCmd::ServerChanges {
         doc: doc_id,
         changes: w.changes,
+        user: grant.user.clone(),
+        role: grant.role,
         reply,
     };
-    let gone = || HistoryError {
-        status: 503,
-        message: "the room is shutting down".into(),
-    };
+    let gone = || unavailable("the room is shutting down");
     shared.room(room).tx.send(cmd).await.map_err(|_| gone())?;
     let heads = match tokio::time::timeout(WRITE_DEADLINE, rx).await {
         Ok(Ok(Ok(h))) => h,
-        Ok(Ok(Err(e))) => return Err(HistoryError::internal(e)),
-        Ok(Err(_)) => return Err(gone()),
-        Err(_) => {
-            return Err(HistoryError {
-                status: 503,
-                message: "the change was not stored in time".into(),
-            });
-        }
+        Ok(Ok(Err(ServerChangeError::Forbidden(f)))) => return Err(ApiError::forbidden(f)),
+        Ok(Ok(Err(ServerChangeError::Failed(e)))) => return Err(HistoryError::internal(e).into()),
+        Ok(Err(_)) => return Err(gone().into()),
+        Err(_) => return Err(unavailable("the change was not stored in time").into()),
     };
     let mut answer = w.answer;
     if let Some(o) = answer.as_object_mut() {
@@ -282,5 +386,5 @@ async fn write(
             json!(heads.iter().map(|h| h.to_string()).collect::<Vec<_>>()),
         );
     }
-    Ok(answer)
+    Ok(Json(answer))
 }

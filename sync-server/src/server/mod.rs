@@ -6,7 +6,10 @@ mod conn;
 mod history_api;
 mod http;
 mod room_task;
+mod routes;
 mod tls;
+
+pub use routes::API_ROUTES;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -179,6 +182,7 @@ impl Server {
         } = self;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), store = %shared.store.path().display(), tls = shared.tls.is_some(), "tandem server listening");
         let mut conns = JoinSet::new();
+        let router = routes::router(shared.clone());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -194,7 +198,8 @@ impl Server {
                     };
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
-                    conns.spawn(async move { http::handle_tcp(shared, stream, peer).await });
+                    let router = router.clone();
+                    conns.spawn(async move { http::handle_tcp(shared, router, stream, peer).await });
                 }
                 Some(done) = conns.join_next(), if !conns.is_empty() => {
                     if done.as_ref().is_err_and(|e| e.is_panic()) {
@@ -206,7 +211,15 @@ impl Server {
         tracing::info!("shutting down: closing connections");
         drop(listener);
         let _ = shutdown_tx.send(true);
-        let drain = async { while conns.join_next().await.is_some() {} };
+        // HTTP connections end with their tasks; WebSocket connections (tasks of their own
+        // after the upgrade) are counted in `connections_open`.
+        let metrics = shared.metrics.clone();
+        let drain = async {
+            while conns.join_next().await.is_some() {}
+            while metrics.connections_open.load(Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
         if tokio::time::timeout(Duration::from_secs(5), drain)
             .await
             .is_err()

@@ -48,16 +48,22 @@ pub(crate) enum RoomCmd {
         load: bool,
         reply: oneshot::Sender<Option<automerge::Automerge>>,
     },
-    /// Changes the server itself made (history checkpoints and restores): applied, stored
-    /// and synced like a peer's; the reply (new heads) comes once they are durable.
+    /// Changes the server made for an API caller (history checkpoints and restores):
+    /// checked against the rules as `user` with `role`, then applied, stored and synced
+    /// like a peer's; the reply (new heads) comes once they are durable.
     ServerChanges {
         doc: DocumentId,
         changes: Vec<automerge::Change>,
+        user: String,
+        role: tandem_core::Role,
         reply: ServerChangesReply,
     },
 }
 
-pub(crate) type ServerChangesReply = oneshot::Sender<Result<Vec<automerge::ChangeHash>, String>>;
+pub(crate) use crate::protocol::ServerChangeError;
+
+pub(crate) type ServerChangesReply =
+    oneshot::Sender<Result<Vec<automerge::ChangeHash>, ServerChangeError>>;
 
 enum Internal {
     Persisted {
@@ -320,8 +326,10 @@ impl Actor {
             RoomCmd::ServerChanges {
                 doc,
                 changes,
+                user,
+                role,
                 reply,
-            } => match self.room.apply_server_changes(&doc, changes) {
+            } => match self.room.apply_server_changes(&doc, changes, &user, role) {
                 Ok((heads, Some(seq))) => self.durable_waiters.push((seq, heads, reply)),
                 Ok((heads, None)) => drop(reply.send(Ok(heads))),
                 Err(e) => drop(reply.send(Err(e))),
@@ -375,7 +383,9 @@ impl Actor {
                     let r = if ok {
                         Ok(heads)
                     } else {
-                        Err("the store failed to write the change".to_owned())
+                        Err(ServerChangeError::Failed(
+                            "the store failed to write the change".to_owned(),
+                        ))
                     };
                     let _ = reply.send(r);
                 }

@@ -281,6 +281,13 @@ impl Auth {
 
     /// Check a token for `room`: who it speaks for, or why not.
     pub fn authenticate(&self, token: Option<&str>, room: &str) -> Result<Grant, AuthFailure> {
+        self.identify(token)?.in_room(room)
+    }
+
+    /// Who a token speaks for, in which rooms and with which role (the HTTP API checks the
+    /// room separately, after routing). Unknown, malformed and revoked tokens are one
+    /// failure, [`AuthFailure::Invalid`], so a caller never learns which it was.
+    pub fn identify(&self, token: Option<&str>) -> Result<TokenGrant, AuthFailure> {
         let Some(token) = token.filter(|t| !t.is_empty()) else {
             return Err(AuthFailure::Missing);
         };
@@ -320,11 +327,51 @@ impl Auth {
         if expires_ms.is_some_and(|e| e <= now_ms() as i64) {
             return Err(AuthFailure::Expired);
         }
-        if scope != "*" && scope != room {
+        let role = role.parse().map_err(|_| AuthFailure::Invalid)?;
+        Ok(TokenGrant { user, scope, role })
+    }
+}
+
+/// What a valid token grants: a user, the rooms it opens, a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenGrant {
+    /// The authenticated user.
+    pub user: String,
+    /// The one room the token opens, or `*` for every room.
+    pub scope: String,
+    /// The role it grants in those rooms.
+    pub role: Role,
+}
+
+impl TokenGrant {
+    /// Whether the token opens `room`.
+    pub fn opens(&self, room: &str) -> bool {
+        self.scope == "*" || self.scope == room
+    }
+
+    /// The user and role in `room`, or [`AuthFailure::WrongRoom`].
+    pub fn in_room(self, room: &str) -> Result<Grant, AuthFailure> {
+        if !self.opens(room) {
             return Err(AuthFailure::WrongRoom);
         }
-        let role = role.parse().map_err(|_| AuthFailure::Invalid)?;
-        Ok(Grant { user, role })
+        Ok(Grant {
+            user: self.user,
+            role: self.role,
+        })
+    }
+}
+
+impl AuthFailure {
+    /// The reason class, for programs: `missing`, `invalid`, `expired`, `wrong_room`,
+    /// `internal`. Unknown and revoked tokens are both `invalid`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Invalid => "invalid",
+            AuthFailure::Expired => "expired",
+            AuthFailure::WrongRoom => "wrong_room",
+            AuthFailure::Internal => "internal",
+        }
     }
 }
 

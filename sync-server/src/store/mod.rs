@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use automerge::Automerge;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-pub use auth::{Auth, AuthFailure, Grant, TokenRow, UserRow};
+pub use auth::{Auth, AuthFailure, Grant, TokenGrant, TokenRow, UserRow};
 pub use writer::{Completion, Job, Writer};
 
 use crate::metrics::Metrics;
