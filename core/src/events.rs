@@ -139,6 +139,8 @@ pub(crate) enum Loc {
     Field(NodeId, String),
     /// Inside the room rules (`rules` map: locks and per-parm grants).
     Rules(RulesLoc),
+    /// Inside `checkpoints` (named versions; written by the server on request).
+    Checkpoints,
     /// Not part of the scene layout (a stock client's extra keys).
     Elsewhere,
 }
@@ -285,6 +287,7 @@ fn locate_path(path: &[String]) -> Loc {
                 _ => Loc::Elsewhere,
             }
         }
+        [c, ..] if c == KEY_CHECKPOINTS => Loc::Checkpoints,
         [n] if n == KEY_NODES => Loc::Nodes,
         [n, id, rest @ ..] if n == KEY_NODES => {
             let Ok(id) = id.parse::<NodeId>() else {
@@ -325,6 +328,7 @@ impl Loc {
                 RulesLoc::GrantParm(..) => self.clone(),
                 RulesLoc::Root => Loc::Elsewhere,
             },
+            Loc::Checkpoints => Loc::Checkpoints,
             Loc::Elsewhere => Loc::Elsewhere,
         }
     }
@@ -406,7 +410,7 @@ pub(crate) fn touched(
                 t.nodes.entry(id).or_default().parms.insert(name);
             }
             Loc::Field(id, field) => t.nodes.entry(id).or_default().field(&field),
-            Loc::Rules(_) | Loc::Elsewhere => {}
+            Loc::Rules(_) | Loc::Checkpoints | Loc::Elsewhere => {}
         }
     });
     t

@@ -215,7 +215,14 @@ impl SceneDoc {
         user: &UserId,
         role: Role,
     ) -> std::result::Result<(), Forbidden> {
-        check(&self.doc, &mut self.index, changes, user, role)
+        check(
+            &self.doc,
+            &mut self.index,
+            changes,
+            user,
+            role,
+            Origin::Peer,
+        )
     }
 
     /// Puts this replica back in line after the server refused some of its changes: the
@@ -382,8 +389,31 @@ impl RuleChecker {
         user: &UserId,
         role: Role,
     ) -> std::result::Result<(), Forbidden> {
-        check(doc, &mut self.index, changes, user, role)
+        check(doc, &mut self.index, changes, user, role, Origin::Peer)
     }
+
+    /// Like [`RuleChecker::check`], for changes the server itself computed on a user's
+    /// request (a checkpoint, a restore): they may write `checkpoints`, which peers may not
+    /// (a checkpoint is a version someone approved; a peer that could re-point it could
+    /// make a render farm export something nobody approved).
+    pub fn check_server_write(
+        &mut self,
+        doc: &automerge::Automerge,
+        changes: &[Change],
+        user: &UserId,
+        role: Role,
+    ) -> std::result::Result<(), Forbidden> {
+        check(doc, &mut self.index, changes, user, role, Origin::Server)
+    }
+}
+
+/// Who computed the changes being checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A peer: anything in them may be forged.
+    Peer,
+    /// The server, for an authenticated user's request.
+    Server,
 }
 
 /// Reads what the rules need from a document. Every lookup is remembered for the life of
@@ -547,6 +577,38 @@ impl<'a, 'r> Judge<'a, 'r> {
         found
     }
 
+    /// A node may not be created under, or moved into, a subtree someone else locked.
+    fn check_new_parent(
+        &mut self,
+        node: NodeId,
+        parent: Option<&str>,
+    ) -> std::result::Result<(), Forbidden> {
+        if self.role == Role::Admin {
+            return Ok(());
+        }
+        let Some(parent) = parent.and_then(|p| p.parse::<NodeId>().ok()) else {
+            return Ok(());
+        };
+        if let Some(lock) = self.rules.locks.get(&parent)
+            && lock.subtree
+            && &lock.by != self.user
+        {
+            return Err(forbidden(
+                Some(node),
+                Some(F_PARENT),
+                format!("inside a subtree locked by {} at {parent}", lock.by),
+            ));
+        }
+        match self.subtree_lock_at_or_above(parent) {
+            Some(rule) => Err(forbidden(
+                Some(node),
+                Some(F_PARENT),
+                format!("inside a {rule}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn check_node(
         &mut self,
         node: NodeId,
@@ -581,6 +643,7 @@ fn check(
     changes: &[Change],
     user: &UserId,
     role: Role,
+    origin: Origin,
 ) -> std::result::Result<(), Forbidden> {
     for c in changes {
         if let Some(author) = c.author()
@@ -619,6 +682,15 @@ fn check(
         let key = key.as_deref();
         let parm_field = |p: &str| format!("parm:{p}");
         match loc {
+            Loc::Checkpoints => {
+                if origin != Origin::Server && role != Role::Admin {
+                    return Err(forbidden(
+                        None,
+                        Some("checkpoints"),
+                        "checkpoints are made through the server's checkpoint request",
+                    ));
+                }
+            }
             Loc::Root => match key {
                 Some(KEY_SCHEMA | KEY_NODES | KEY_RULES | KEY_CHECKPOINTS)
                     if role != Role::Admin =>
@@ -649,9 +721,16 @@ fn check(
                         "a new node must be owned by its author",
                     ));
                 }
+                if let (Loc::Node(_), Some(F_PARENT)) = (&loc, key) {
+                    judge.check_new_parent(id, value.as_deref())?;
+                }
             }
             Loc::Node(id) => match key {
                 Some(F_OWNER) => judge.check_owner_or_admin(id, "owner")?,
+                Some(F_PARENT) => {
+                    judge.check_node(id, key)?;
+                    judge.check_new_parent(id, value.as_deref())?;
+                }
                 k => judge.check_node(id, k)?,
             },
             Loc::Field(id, f) => judge.check_node(id, Some(&f))?,

@@ -416,3 +416,73 @@ fn a_rebase_leaves_out_what_the_server_refused_even_before_the_lock_arrives() {
         .check_changes(&ch, &user("bob"), Role::Editor)
         .unwrap();
 }
+
+/// Regression (hostile-peer review): a subtree lock was bypassed by creating a child under
+/// the locked node, or by moving one's own node into the locked subtree.
+#[test]
+fn a_subtree_lock_covers_creating_under_it_and_moving_into_it() {
+    let hero = NodeId::new_v4();
+    let arm = NodeId::new_v4();
+    let mine = NodeId::new_v4();
+    let (mut server, mut alice, _) = room(&[cube(hero), cube(arm).with_parent(hero)]);
+    alice.lock(hero, true, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.set_role(Role::Admin); // a hostile client skips its local checks
+    // Bob's own node, legal at the root.
+    bob.diff_nodes(&[cube(mine)], &[], 6).unwrap();
+    let ch = outgoing(&mut bob, &server);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+    deliver(&mut server, ch);
+    // A new node under the locked arm.
+    let intruder = NodeId::new_v4();
+    bob.diff_nodes(&[cube(intruder).with_parent(arm)], &[], 7)
+        .unwrap();
+    let ch = outgoing(&mut bob, &server);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.node, Some(intruder), "{err}");
+    assert!(err.rule.contains("subtree locked by alice"), "{err}");
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.set_role(Role::Admin);
+    // Bob's own node moved under the hero.
+    let moved = bob.node(mine).unwrap().with_parent(hero);
+    bob.diff_nodes(&[moved], &[], 8).unwrap();
+    let ch = outgoing(&mut bob, &server);
+    let err = server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.node, Some(mine), "{err}");
+    assert!(err.rule.contains("subtree locked by alice"), "{err}");
+    // The lock's holder and admins may.
+    assert!(server.check_changes(&ch, &user("bob"), Role::Admin).is_ok());
+}
+
+/// Regression (hostile-peer review): an editor re-pointed a checkpoint through sync, and a
+/// render-farm export "at approved-v1" then held an unapproved node.
+#[test]
+fn peers_cannot_write_checkpoints_but_the_server_may_on_request() {
+    use tandem_core::RuleChecker;
+    use tandem_core::automerge::Automerge;
+    let id = NodeId::new_v4();
+    let (mut server, _, mut bob) = room(&[cube(id)]);
+    let bare = Automerge::load(&server.save().unwrap()).unwrap();
+    bob.checkpoint("approved-v1", "forged", 9).unwrap();
+    let ch = bob.changes_since(&bare.get_heads());
+    let mut checker = RuleChecker::new();
+    let err = checker
+        .check(&bare, &ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.field.as_deref(), Some("checkpoints"), "{err}");
+    checker
+        .check_server_write(&bare, &ch, &user("bob"), Role::Editor)
+        .unwrap();
+    let err = checker
+        .check_server_write(&bare, &ch, &user("bob"), Role::Viewer)
+        .unwrap_err();
+    assert_eq!(err.rule, "viewers cannot edit");
+}

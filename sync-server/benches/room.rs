@@ -160,6 +160,7 @@ fn run(case: &Case, saved: &[u8]) {
         room.connect(
             conn,
             PeerInfo {
+                token: None,
                 peer_id: id.clone(),
                 user: Some(format!("user{i}")),
                 role: Role::Editor,

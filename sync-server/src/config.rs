@@ -34,6 +34,10 @@ pub struct Config {
     /// 100k-node scene from the store takes seconds. Zero unloads at the last disconnect.
     #[serde(with = "millis")]
     pub keep_idle_documents: Duration,
+    /// How often a connected peer's token is checked again: a revoked or expired token (or
+    /// a changed role) ends its connection within this time.
+    #[serde(with = "millis")]
+    pub auth_recheck_interval: Duration,
     /// Frames queued for one connection before it counts as a slow reader and is dropped (1013).
     pub outbound_queue: usize,
     /// Connections accepted at once; more are refused with 1013.
@@ -44,6 +48,21 @@ pub struct Config {
     pub min_compact_bytes: usize,
     /// Chat lines replayed to a joining extension peer.
     pub chat_history: usize,
+    /// Longest chat line, in bytes (longer: `too_large`).
+    pub max_chat_bytes: usize,
+    /// Chat lines per second one connection may send (a burst of 10; more: `too_large`).
+    pub chat_per_second: u32,
+    /// Presence (ephemeral) messages per second one connection may send (twice as many in
+    /// a burst); the excess is dropped, never relayed.
+    pub presence_per_second: u32,
+    /// Largest presence (ephemeral) payload relayed, in bytes; larger ones are dropped.
+    pub max_presence_bytes: usize,
+    /// Documents a room holds in memory at once; creating more is refused (`too_large`).
+    pub max_documents_per_room: usize,
+    /// Documents one connection may create (viewers create none).
+    pub max_new_documents_per_connection: usize,
+    /// Unknown documents one connection may wait for (to be pushed if they appear).
+    pub max_waiting_per_connection: usize,
     /// Require a valid token for `/metrics` once users exist (it is open by default, for
     /// scrapers).
     pub metrics_need_token: bool,
@@ -68,11 +87,19 @@ impl Default for Config {
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
             keep_idle_documents: Duration::from_secs(600),
+            auth_recheck_interval: Duration::from_secs(2),
             outbound_queue: 4096,
             max_connections: 10_000,
             max_request_head_bytes: 16 << 10,
             min_compact_bytes: 1 << 20,
             chat_history: 100,
+            max_chat_bytes: 4096,
+            chat_per_second: 2,
+            presence_per_second: 60,
+            max_presence_bytes: 64 << 10,
+            max_documents_per_room: 1000,
+            max_new_documents_per_connection: 100,
+            max_waiting_per_connection: 256,
             metrics_need_token: false,
             insecure: false,
             tls_cert: None,

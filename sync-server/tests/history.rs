@@ -513,6 +513,7 @@ fn server_changes_are_appended_and_synced_sans_io() {
     room.connect(
         conn,
         PeerInfo {
+            token: None,
             peer_id: PeerId("p1".into()),
             user: None,
             role: tandem_core::Role::Admin,

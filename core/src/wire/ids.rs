@@ -4,6 +4,22 @@ use std::fmt;
 
 use super::WireError;
 
+/// The longest document id string accepted: 16 bytes and a 4-byte check encode to at most
+/// 28 base58 characters; anything longer is refused unread.
+pub const MAX_DOCUMENT_ID_CHARS: usize = 32;
+
+/// How much of an untrusted string an error or log line carries.
+pub const MAX_LOGGED_CHARS: usize = 80;
+
+/// `s`, cut to at most `max` characters (marked with `…` and the full length when cut):
+/// untrusted strings go into errors and logs only this way.
+pub fn truncated(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}… ({} bytes)", &s[..at], s.len()),
+    }
+}
+
 /// An automerge-repo document id: the bs58check encoding of 16 random bytes.
 ///
 /// Kept in its string form (what every automerge-repo peer puts on the wire and in URLs);
@@ -12,14 +28,20 @@ use super::WireError;
 pub struct DocumentId(String);
 
 impl DocumentId {
-    /// Parse and validate a bs58check document id.
+    /// Parse and validate a bs58check document id. The length is checked before decoding
+    /// (base58 decoding is quadratic, and the id comes from untrusted peers); the error
+    /// carries at most [`MAX_LOGGED_CHARS`] of the input.
     pub fn parse(s: &str) -> Result<Self, WireError> {
+        let bad = || WireError::InvalidDocumentId(truncated(s, MAX_LOGGED_CHARS));
+        if s.len() > MAX_DOCUMENT_ID_CHARS {
+            return Err(bad());
+        }
         let bytes = bs58::decode(s)
             .with_check(None)
             .into_vec()
-            .map_err(|_| WireError::InvalidDocumentId(s.to_owned()))?;
+            .map_err(|_| bad())?;
         if bytes.len() != 16 {
-            return Err(WireError::InvalidDocumentId(s.to_owned()));
+            return Err(bad());
         }
         Ok(Self(s.to_owned()))
     }
@@ -98,6 +120,15 @@ mod tests {
     fn random_document_ids_round_trip() {
         let id = DocumentId::random();
         assert_eq!(DocumentId::parse(id.as_str()), Ok(id));
+    }
+
+    #[test]
+    fn long_document_ids_are_refused_unread_and_not_echoed_whole() {
+        let long = "1".repeat(300_000);
+        let err = DocumentId::parse(&long).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+        assert_eq!(truncated("abc", 2), "ab… (3 bytes)");
+        assert_eq!(truncated("abc", 3), "abc");
     }
 
     #[test]

@@ -20,17 +20,19 @@ mod error;
 pub mod ext;
 mod ids;
 mod message;
+mod presence;
 
 pub use error::WireError;
 pub use ext::{
     Ack, ChatMessage, ErrorCode, FEATURE_SNAPSHOT, Snapshot, SnapshotRequest,
     TANDEM_PROTOCOL_VERSION, TandemError, TandemHello,
 };
-pub use ids::{DocumentId, PeerId};
+pub use ids::{DocumentId, MAX_DOCUMENT_ID_CHARS, MAX_LOGGED_CHARS, PeerId, truncated};
 pub use message::{
     Ephemeral, Join, Message, PROTOCOL_VERSION, Peer, PeerMetadata, RemoteHeadsChanged,
     StorageHeads, SyncMessage,
 };
+pub use presence::attest_presence;
 
 /// Decode one frame into a message.
 pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {

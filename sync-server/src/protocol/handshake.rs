@@ -17,6 +17,9 @@ pub trait Authenticator {
     fn authenticate(&self, token: Option<&str>, room: &str) -> Result<Option<Grant>, AuthFailure>;
 }
 
+/// The largest first frame read before authentication (a join is a few hundred bytes).
+pub const MAX_JOIN_BYTES: usize = 64 << 10;
+
 /// Open mode: no users, no tokens (tests and single-user setups).
 pub struct OpenAccess;
 
@@ -68,20 +71,28 @@ pub fn accept_join(
             error,
         })
     };
+    // Before authentication nothing is decoded at untrusted size.
+    if frame.len() > MAX_JOIN_BYTES {
+        return Err(refuse(
+            ErrorCode::TooLarge,
+            close_code::TOO_BIG,
+            format!("a join is at most {MAX_JOIN_BYTES} bytes"),
+        ));
+    }
     let join = match wire::decode(frame) {
         Ok(Message::Join(j)) => j,
         Ok(other) => {
             return Err(refuse(
                 ErrorCode::BadMessage,
                 close_code::PROTOCOL,
-                format!("expected join, got {}", other.kind()),
+                format!("expected join, got {}", wire::truncated(other.kind(), 32)),
             ));
         }
         Err(e) => {
             return Err(refuse(
                 ErrorCode::BadMessage,
                 close_code::INVALID_PAYLOAD,
-                e.to_string(),
+                wire::truncated(&e.to_string(), wire::MAX_LOGGED_CHARS),
             ));
         }
     };
@@ -93,9 +104,12 @@ pub fn accept_join(
         return Err(refuse(
             ErrorCode::VersionMismatch,
             close_code::PROTOCOL,
-            format!(
-                "unsupported protocol versions {:?}",
-                join.supported_protocol_versions
+            wire::truncated(
+                &format!(
+                    "unsupported protocol versions {:?}",
+                    join.supported_protocol_versions
+                ),
+                wire::MAX_LOGGED_CHARS,
             ),
         ));
     }
@@ -124,8 +138,12 @@ pub fn accept_join(
         .as_ref()
         .and_then(|h| h.token.as_deref())
         .or(transport_token);
+    let mut checked_token = None;
     let (user, role) = match auth.authenticate(token, room) {
-        Ok(Some(grant)) => (Some(grant.user), grant.role),
+        Ok(Some(grant)) => {
+            checked_token = token.map(str::to_owned);
+            (Some(grant.user), grant.role)
+        }
         // Open mode keeps the pre-auth behaviour: anyone may do anything (the core rules
         // make creating a scene's root structure an admin's job, so "editor" would lock
         // every new scene out).
@@ -161,6 +179,7 @@ pub fn accept_join(
             .peer_metadata
             .as_ref()
             .and_then(|m| m.storage_id.clone()),
+        token: checked_token,
     };
     let answer = Message::Peer(Peer {
         sender_id: server.peer_id.clone(),

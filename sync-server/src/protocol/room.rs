@@ -65,6 +65,10 @@ pub struct PeerInfo {
     pub tandem: bool,
     /// automerge-repo storage id, if any.
     pub storage_id: Option<String>,
+    /// The token the peer authenticated with (re-checked while it stays connected, so a
+    /// revoked or expired token ends the connection). Never serialized.
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 fn serialize_peer_id<S: serde::Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
@@ -77,13 +81,30 @@ pub trait DocSource {
     fn load(&mut self, room: &str, doc: &DocumentId) -> Option<LoadedDoc>;
 }
 
-/// Tunables.
+/// Tunables, and the limits on what one peer can make the room hold.
 #[derive(Clone, Debug)]
 pub struct RoomLimits {
     /// Compact when incremental bytes exceed both the snapshot size and this.
     pub min_compact_bytes: usize,
     /// Incoming sync messages with more changes than this are applied change by change.
     pub chunked_apply_threshold: usize,
+    /// Documents held in memory at once; a peer's sync for a new document beyond it is
+    /// refused (`too_large`).
+    pub max_documents: usize,
+    /// New documents one connection may create.
+    pub max_new_documents_per_connection: usize,
+    /// Unknown documents one connection may wait for (pushed if they appear).
+    pub max_waiting_per_connection: usize,
+    /// Longest chat line, in bytes.
+    pub max_chat_bytes: usize,
+    /// Largest ephemeral (presence) payload relayed, in bytes.
+    pub max_ephemeral_bytes: usize,
+    /// Presence messages per second one connection may send (sustained; twice as many
+    /// in a burst); excess is dropped.
+    pub presence_per_second: u32,
+    /// Chat lines per second one connection may send (sustained; a burst of 10); excess
+    /// is refused.
+    pub chat_per_second: u32,
 }
 
 impl Default for RoomLimits {
@@ -91,6 +112,41 @@ impl Default for RoomLimits {
         Self {
             min_compact_bytes: 1 << 20,
             chunked_apply_threshold: 16,
+            max_documents: 1000,
+            max_new_documents_per_connection: 100,
+            max_waiting_per_connection: 256,
+            max_chat_bytes: 4096,
+            max_ephemeral_bytes: 64 << 10,
+            presence_per_second: 60,
+            chat_per_second: 2,
+        }
+    }
+}
+
+/// A token bucket: `rate` per second, up to `burst` at once, on the room's clock.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl Bucket {
+    fn new(burst: u32, now_ms: u64) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            last_ms: now_ms,
+        }
+    }
+
+    fn take(&mut self, now_ms: u64, rate: u32, burst: u32) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 }
@@ -150,6 +206,12 @@ pub enum Output {
 struct ConnState {
     info: PeerInfo,
     docs: HashSet<DocumentId>,
+    /// Documents this connection created.
+    created: usize,
+    /// Unknown documents this connection waits for.
+    waiting: usize,
+    presence: Bucket,
+    chat: Bucket,
 }
 
 struct DocState {
@@ -319,6 +381,8 @@ pub struct Room {
     store_failed: bool,
     pending_acks: VecDeque<PendingAck>,
     out: Vec<Output>,
+    /// The clock the tokio layer hands in (see [`Room::set_time`]).
+    now_ms: u64,
 }
 
 fn anonymous() -> UserId {
@@ -403,6 +467,9 @@ fn hex_heads(heads: &[ChangeHash]) -> Vec<String> {
     heads.iter().map(|h| h.to_string()).collect()
 }
 
+/// Chat lines a connection may send at once before the rate applies.
+const CHAT_BURST: u32 = 10;
+
 impl Room {
     /// An empty room.
     pub fn new(name: impl Into<String>, server_peer: PeerId, limits: RoomLimits) -> Self {
@@ -419,7 +486,14 @@ impl Room {
             store_failed: false,
             pending_acks: VecDeque::new(),
             out: Vec::new(),
+            now_ms: 0,
         }
+    }
+
+    /// Advance the room's clock (milliseconds on any monotonic scale): rate limits are
+    /// measured on it. The room reads no clock itself.
+    pub fn set_time(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
     }
 
     /// The room's name.
@@ -464,6 +538,13 @@ impl Room {
             ConnState {
                 info,
                 docs: HashSet::new(),
+                created: 0,
+                waiting: 0,
+                presence: Bucket::new(
+                    self.limits.presence_per_second.saturating_mul(2),
+                    self.now_ms,
+                ),
+                chat: Bucket::new(CHAT_BURST, self.now_ms),
             },
         );
     }
@@ -549,6 +630,26 @@ impl Room {
             Message::Request(m) => self.receive_sync(conn, m, true, source),
             Message::Sync(m) => self.receive_sync(conn, m, false, source),
             Message::Ephemeral(mut e) => {
+                let (limits, now_ms) = (&self.limits, self.now_ms);
+                let Some(cs) = self.conns.get_mut(&conn) else {
+                    return;
+                };
+                if e.data.len() > limits.max_ephemeral_bytes
+                    || !cs.presence.take(
+                        now_ms,
+                        limits.presence_per_second,
+                        limits.presence_per_second.saturating_mul(2),
+                    )
+                {
+                    // Dropped: presence is ephemeral, the next update replaces it.
+                    return;
+                }
+                // Presence names the user the server authenticated, never a claimed one.
+                if let Some(user) = &cs.info.user
+                    && let Some(attested) = tandem_core::wire::attest_presence(&e.data, user)
+                {
+                    e.data = attested;
+                }
                 let Some(ds) = self.docs.get(&e.document_id) else {
                     return;
                 };
@@ -581,6 +682,32 @@ impl Room {
             Message::TandemChat(c) => {
                 if !self.is_tandem(conn) {
                     return;
+                }
+                if c.text.len() > self.limits.max_chat_bytes {
+                    return self.fail(
+                        conn,
+                        ErrorCode::TooLarge,
+                        format!(
+                            "a chat line is at most {} bytes",
+                            self.limits.max_chat_bytes
+                        ),
+                        None,
+                        c.request_id,
+                    );
+                }
+                let (rate, now_ms) = (self.limits.chat_per_second, self.now_ms);
+                if !self
+                    .conns
+                    .get_mut(&conn)
+                    .is_some_and(|cs| cs.chat.take(now_ms, rate, CHAT_BURST))
+                {
+                    return self.fail(
+                        conn,
+                        ErrorCode::TooLarge,
+                        format!("at most {rate} chat lines per second"),
+                        None,
+                        c.request_id,
+                    );
                 }
                 let user = self.conns.get(&conn).and_then(|s| s.info.user.clone());
                 self.out.push(Output::Chat {
@@ -692,9 +819,19 @@ impl Room {
             }
         };
         if !self.ensure_loaded(&doc_id, source) {
-            if is_request && msg.changes.is_empty() {
-                // Nobody has it: say so, and remember the asker in case it gets created.
-                self.waiting.entry(doc_id.clone()).or_default().insert(conn);
+            let Some(cs) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            // A viewer creates nothing: an empty sync for an unknown document is a request.
+            let viewer = cs.info.role == Role::Viewer;
+            if (is_request || viewer) && msg.changes.is_empty() {
+                // Nobody has it: say so, and remember the asker in case it gets created
+                // (up to a bound per connection).
+                if cs.waiting < self.limits.max_waiting_per_connection
+                    && self.waiting.entry(doc_id.clone()).or_default().insert(conn)
+                {
+                    cs.waiting += 1;
+                }
                 let Some(peer) = self.peer_id(conn) else {
                     return;
                 };
@@ -719,12 +856,45 @@ impl Room {
                 }
                 return;
             }
+            let refusal = if viewer {
+                Some((
+                    ErrorCode::Forbidden,
+                    "viewers cannot create documents".to_owned(),
+                ))
+            } else if cs.created >= self.limits.max_new_documents_per_connection {
+                Some((
+                    ErrorCode::TooLarge,
+                    format!(
+                        "one connection may create at most {} documents",
+                        self.limits.max_new_documents_per_connection
+                    ),
+                ))
+            } else if self.docs.len() >= self.limits.max_documents {
+                Some((
+                    ErrorCode::TooLarge,
+                    format!(
+                        "this room holds its limit of {} documents",
+                        self.limits.max_documents
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some((code, message)) = refusal {
+                return self.fail(conn, code, message, Some(doc_id), request_id);
+            }
+            cs.created += 1;
             self.docs
                 .insert(doc_id.clone(), DocState::new(Automerge::new(), 0, 0));
         }
         // Subscribe the sender (and anyone who asked for this document before it existed).
         let mut newcomers = vec![conn];
         if let Some(w) = self.waiting.remove(&doc_id) {
+            for c in &w {
+                if let Some(cs) = self.conns.get_mut(c) {
+                    cs.waiting = cs.waiting.saturating_sub(1);
+                }
+            }
             newcomers.extend(w.into_iter().filter(|c| *c != conn));
         }
         for c in &newcomers {
@@ -869,9 +1039,27 @@ impl Room {
             let Some(state) = ds.syncs.get_mut(&conn) else {
                 continue;
             };
-            let msg = match fresh_peer_message(&ds.doc, &mut ds.saved, state) {
-                Some(m) => m,
-                None => ds.doc.generate_sync_message(state),
+            // A peer's sync state holds what it sent (its bloom filter, its `need`): if
+            // generating its answer panics on that, only this peer is cut off.
+            let generated =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || match fresh_peer_message(&ds.doc, &mut ds.saved, state) {
+                        Some(m) => m,
+                        None => ds.doc.generate_sync_message(state),
+                    },
+                ));
+            let msg = match generated {
+                Ok(m) => m,
+                Err(_) => {
+                    tracing::error!(room = %self.name, %conn, doc = %doc_id, "panic while generating a sync message; closing that connection");
+                    ds.syncs.insert(conn, sync::State::new());
+                    self.out.push(Output::Close {
+                        conn,
+                        code: close_code::INTERNAL,
+                        reason: "internal error".into(),
+                    });
+                    continue;
+                }
             };
             if let Some(msg) = msg {
                 ds.told.insert(conn, msg.heads.clone());
@@ -981,7 +1169,7 @@ impl Room {
                 .filter(|c| ds.doc.get_change_by_hash(&c.hash()).is_none())
                 .cloned()
                 .collect();
-            if let Err(f) = ds.rules.check(&ds.doc, &fresh, &user, role) {
+            if let Err(f) = ds.rules.check_server_write(&ds.doc, &fresh, &user, role) {
                 // The checker's index may have learned objects of the refused changes.
                 ds.rules = RuleChecker::new();
                 return Err(ServerChangeError::Forbidden(f));
@@ -1039,6 +1227,7 @@ mod tests {
 
     fn peer(name: &str) -> PeerInfo {
         PeerInfo {
+            token: None,
             peer_id: PeerId::from(name),
             user: Some(name.to_owned()),
             role: Role::Admin,

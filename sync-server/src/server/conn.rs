@@ -29,6 +29,8 @@ use super::room_task::{ConnOut, RoomCmd};
 use super::{Shared, next_conn_id};
 use crate::protocol::close_code;
 use crate::protocol::handshake::accept_join;
+use crate::store::AuthFailure;
+use tandem_core::wire::{ErrorCode, Message, TandemError};
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -227,6 +229,8 @@ async fn serve_inner(
         return;
     }
 
+    // The token is checked again while the peer stays: revocation and expiry end it.
+    let recheck = info.token.clone().map(|t| (t, info.role, info.tandem));
     let room = shared.room(&room_name);
     let (frames_tx, mut frames) = mpsc::channel::<Vec<u8>>(cfg.outbound_queue.max(1));
     let (close_tx, mut close_rx) = mpsc::channel::<(u16, String)>(1);
@@ -244,6 +248,10 @@ async fn serve_inner(
     }
 
     let mut shutdown = shared.shutdown.clone();
+    let mut auth_tick = tokio::time::interval_at(
+        Instant::now() + cfg.auth_recheck_interval,
+        cfg.auth_recheck_interval,
+    );
     let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
     let mut last_heard = Instant::now();
     let write_deadline = cfg.idle_timeout;
@@ -292,6 +300,24 @@ async fn serve_inner(
                     metrics.connections_rejected.fetch_add(1, Relaxed);
                 }
                 break (code, reason);
+            }
+            _ = auth_tick.tick(), if recheck.is_some() => {
+                let Some((token, role, tandem)) = &recheck else { continue };
+                let why = match shared.auth.authenticate(Some(token), &room_name) {
+                    Ok(g) if g.role == *role => continue,
+                    Ok(_) => "the token's role changed; reconnect".to_owned(),
+                    Err(AuthFailure::Internal) => continue,
+                    Err(e) => e.to_string(),
+                };
+                tracing::info!(reason = %why, "closing a connection whose token no longer holds");
+                metrics.connections_rejected.fetch_add(1, Relaxed);
+                let m = if *tandem {
+                    Message::TandemError(TandemError::new(ErrorCode::Unauthorized, why.clone(), None, None))
+                } else {
+                    Message::Error { message: format!("{}: {why}", ErrorCode::Unauthorized.as_str()) }
+                };
+                let _ = timeout(Duration::from_secs(1), ws.send(WsMessage::Binary(m.encode().into()))).await;
+                break (close_code::POLICY, ErrorCode::Unauthorized.as_str().to_owned());
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > cfg.idle_timeout {

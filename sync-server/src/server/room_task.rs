@@ -146,6 +146,8 @@ struct Actor {
     peers_changed: bool,
     /// History API writes waiting for their append to be durable: (seq, heads, reply).
     durable_waiters: Vec<(u64, Vec<automerge::ChangeHash>, ServerChangesReply)>,
+    /// The room's clock starts here (see `Room::set_time`).
+    started: Instant,
     /// When the last connection left (documents are unloaded `keep_idle_documents` later).
     empty_since: Option<Instant>,
 }
@@ -176,8 +178,16 @@ async fn run(
 ) {
     let span = tracing::info_span!("room", room = %name);
     shared.metrics.rooms_open.fetch_add(1, Relaxed);
+    let c = &shared.config;
     let limits = RoomLimits {
-        min_compact_bytes: shared.config.min_compact_bytes,
+        min_compact_bytes: c.min_compact_bytes,
+        max_documents: c.max_documents_per_room,
+        max_new_documents_per_connection: c.max_new_documents_per_connection,
+        max_waiting_per_connection: c.max_waiting_per_connection,
+        max_chat_bytes: c.max_chat_bytes,
+        max_ephemeral_bytes: c.max_presence_bytes,
+        presence_per_second: c.presence_per_second,
+        chat_per_second: c.chat_per_second,
         ..RoomLimits::default()
     };
     let (internal, mut internal_rx) = mpsc::unbounded_channel();
@@ -189,6 +199,7 @@ async fn run(
         summary,
         peers_changed: false,
         durable_waiters: Vec::new(),
+        started: Instant::now(),
         empty_since: None,
     };
     let keep = shared.config.keep_idle_documents;
@@ -279,6 +290,13 @@ impl Actor {
                 }
             }
             RoomCmd::Frame { conn, bytes } => {
+                self.room.set_time(
+                    self.started
+                        .elapsed()
+                        .as_millis()
+                        .try_into()
+                        .unwrap_or(u64::MAX),
+                );
                 let docs_before = self.room.loaded_documents().count();
                 let store = self.shared.store.clone();
                 let room = &mut self.room;

@@ -296,6 +296,13 @@ mod convert_expanded {
     }
 }
 
+// TANDEM PATCH 9: the `actors.get(..).expect(..)`s below were `unwrap`s that a crafted change
+// (an op referring to an actor index past the change's actor list) reached: Tandem's rule check
+// decodes every received change before applying it. Reading a change from bytes now refuses
+// such a change (`storage::Change::verify_ops`, `ReadChangeOpError::ActorIndexOutOfRange`), and
+// changes built locally index only the actors they list, so the lookups always succeed.
+const ACTOR_CHECKED: &str = "op actor indexes are checked when a change is read";
+
 impl From<&Change> for crate::ExpandedChange {
     fn from(c: &Change) -> Self {
         let actors = std::iter::once(c.actor_id())
@@ -318,8 +325,9 @@ impl From<&Change> for crate::ExpandedChange {
                         crate::legacy::Key::Seq(crate::legacy::ElementId::Head)
                     }
                     StoredKey::Elem(ElemId(o)) => {
+                        let actor = actors.get(&o.actor()).expect(ACTOR_CHECKED);
                         crate::legacy::Key::Seq(crate::legacy::ElementId::Id(
-                            crate::legacy::OpId::new(o.counter(), actors.get(&o.actor()).unwrap()),
+                            crate::legacy::OpId::new(o.counter(), actor),
                         ))
                     }
                     StoredKey::Prop(p) => crate::legacy::Key::Map(p),
@@ -328,7 +336,7 @@ impl From<&Change> for crate::ExpandedChange {
                 obj: if let Some(id) = o.obj.id() {
                     crate::legacy::ObjectId::Id(crate::legacy::OpId::new(
                         id.counter(),
-                        actors.get(&id.actor()).unwrap(),
+                        actors.get(&id.actor()).expect(ACTOR_CHECKED),
                     ))
                 } else {
                     crate::legacy::ObjectId::Root
@@ -343,7 +351,10 @@ impl From<&Change> for crate::ExpandedChange {
                 pred: o
                     .pred
                     .into_iter()
-                    .map(|p| crate::legacy::OpId::new(p.counter(), actors.get(&p.actor()).unwrap()))
+                    .map(|p| {
+                        let actor = actors.get(&p.actor()).expect(ACTOR_CHECKED);
+                        crate::legacy::OpId::new(p.counter(), actor)
+                    })
                     .collect(),
             })
             .collect::<Vec<_>>();

@@ -136,6 +136,12 @@ pub trait SyncDoc {
 const MESSAGE_TYPE_SYNC: u8 = 0x42; // first byte of a sync message, for identification
 const MESSAGE_TYPE_SYNC_V2: u8 = 0x43; // first byte of a sync message, for identification
 
+/// TANDEM PATCH 9: the most `have` entries a received message may hold. Automerge sends none or
+/// one; each one is a Bloom filter consulted for every change to send (`get_hashes_to_send`),
+/// so a message of thousands of two-byte `have`s made every later `generate_sync_message` for
+/// that peer cost thousands of filter lookups per change in the document.
+pub(crate) const MAX_HAVES: u64 = 8;
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum MessageVersion {
     V1,
@@ -320,9 +326,13 @@ impl Automerge {
         have: &[Have],
         need: &[ChangeHash],
     ) -> Result<Vec<ChangeHash>, AutomergeError> {
+        // TANDEM PATCH 9: each needed change once. The peer's `need` list can name one change
+        // any number of times, and every copy went into the reply (a V1 peer asking for one
+        // 1 KB change a million times got a 1 GB message built for it).
+        let mut seen = HashSet::new();
         let need = need
             .iter()
-            .filter(|hash| self.has_change(hash))
+            .filter(|hash| self.has_change(hash) && seen.insert(**hash))
             .copied()
             .collect::<Vec<_>>();
         if have.is_empty() {
@@ -651,7 +661,20 @@ impl Message {
 
         let (i, heads) = parse::length_prefixed(parse::change_hash)(i)?;
         let (i, need) = parse::length_prefixed(parse::change_hash)(i)?;
-        let (i, have) = parse::length_prefixed(parse_have)(i)?;
+        // TANDEM PATCH 9: at most MAX_HAVES entries, checked before any is parsed.
+        let (i, num_haves) = parse::leb128_u64::<ReadMessageError>(i)?;
+        if num_haves > MAX_HAVES {
+            return Err(parse::ParseError::Error(ReadMessageError::Parse(format!(
+                "sync message has {num_haves} have entries, at most {MAX_HAVES} are allowed"
+            ))));
+        }
+        let mut have = Vec::with_capacity(num_haves as usize);
+        let mut i = i;
+        for _ in 0..num_haves {
+            let (rest, one) = parse_have(i)?;
+            have.push(one);
+            i = rest;
+        }
 
         let (i, changes) = ChunkList::parse(i)?;
         let (i, flags) = if !i.is_empty() {
@@ -2491,5 +2514,111 @@ mod tests {
         // A should now have B's changes
         assert!(a.get(crate::ROOT, "from_b").unwrap().is_some());
         assert_eq!(a.get_heads(), b.get_heads());
+    }
+}
+
+/// TANDEM PATCH 9: limits on what a received message may make us do.
+#[cfg(test)]
+mod tandem_patch_9 {
+    use super::*;
+    use crate::transaction::Transactable;
+
+    fn leb(out: &mut Vec<u8>, n: u64) {
+        leb128::write::unsigned(out, n).unwrap();
+    }
+
+    /// A V1 message with no heads, needs or changes and `haves` empty `have` entries.
+    fn message_with_haves(haves: u64) -> Vec<u8> {
+        let mut out = vec![MESSAGE_TYPE_SYNC, 0x00, 0x00];
+        leb(&mut out, haves);
+        for _ in 0..haves {
+            // no last_sync hashes, an empty filter
+            out.extend([0x00, 0x00]);
+        }
+        out.push(0x00);
+        out
+    }
+
+    #[test]
+    fn too_many_haves_are_refused() {
+        let msg = Message::decode(&message_with_haves(MAX_HAVES)).unwrap();
+        assert_eq!(msg.have.len(), MAX_HAVES as usize);
+        assert!(matches!(
+            Message::decode(&message_with_haves(MAX_HAVES + 1)),
+            Err(ReadMessageError::Parse(_))
+        ));
+        // A count far beyond the input is refused before anything is parsed.
+        let mut huge = vec![MESSAGE_TYPE_SYNC, 0x00, 0x00];
+        leb(&mut huge, u64::MAX);
+        assert!(matches!(
+            Message::decode(&huge),
+            Err(ReadMessageError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn a_change_needed_many_times_is_sent_once() {
+        let mut doc = crate::AutoCommit::new();
+        doc.put(crate::ROOT, "key", "value").unwrap();
+        let heads = doc.get_heads();
+        assert_eq!(heads.len(), 1);
+        let request = Message {
+            heads: vec![],
+            need: vec![heads[0]; 1000],
+            have: vec![],
+            changes: ChunkList::empty(),
+            flags: None,
+            version: MessageVersion::V1,
+        };
+        let request = Message::decode(&request.encode()).unwrap();
+        assert_eq!(request.need.len(), 1000);
+        let mut state = State::new();
+        doc.sync()
+            .receive_sync_message(&mut state, request)
+            .unwrap();
+        let reply = doc
+            .sync()
+            .generate_sync_message(&mut state)
+            .expect("a reply");
+        assert_eq!(reply.changes.len(), 1);
+    }
+
+    #[test]
+    fn generated_messages_round_trip() {
+        let mut doc1 = crate::AutoCommit::new();
+        let mut doc2 = crate::AutoCommit::new();
+        for i in 0..20 {
+            doc1.put(crate::ROOT, format!("a{i}"), i).unwrap();
+            doc1.commit();
+            doc2.put(crate::ROOT, format!("b{i}"), i).unwrap();
+            doc2.commit();
+        }
+        let mut s1 = State::new();
+        let mut s2 = State::new();
+        let (mut saw_filter, mut saw_changes) = (false, false);
+        for _ in 0..20 {
+            let one_to_two = doc1.sync().generate_sync_message(&mut s1);
+            if let Some(m) = one_to_two.as_ref() {
+                saw_filter |= m.have.iter().any(|h| !h.bloom.to_bytes().is_empty());
+                saw_changes |= !m.changes.is_empty();
+                let decoded = Message::decode(&m.clone().encode()).unwrap();
+                assert_eq!(&decoded, m);
+                doc2.sync().receive_sync_message(&mut s2, decoded).unwrap();
+            }
+            let two_to_one = doc2.sync().generate_sync_message(&mut s2);
+            if let Some(m) = two_to_one.as_ref() {
+                saw_filter |= m.have.iter().any(|h| !h.bloom.to_bytes().is_empty());
+                saw_changes |= !m.changes.is_empty();
+                let decoded = Message::decode(&m.clone().encode()).unwrap();
+                assert_eq!(&decoded, m);
+                doc1.sync().receive_sync_message(&mut s1, decoded).unwrap();
+            }
+            if one_to_two.is_none() && two_to_one.is_none() {
+                break;
+            }
+        }
+        assert!(saw_filter && saw_changes);
+        assert_eq!(doc1.get_heads(), doc2.get_heads());
+        assert_eq!(doc1.get_heads().len(), 2);
     }
 }

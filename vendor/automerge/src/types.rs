@@ -464,6 +464,15 @@ impl OpId {
         Self(counter.try_into().unwrap(), actor.try_into().unwrap())
     }
 
+    /// TANDEM PATCH 9: `new` for numbers read from untrusted bytes: `None` where `new` would
+    /// panic (a counter or actor index that does not fit the `u32` it is kept in).
+    pub(crate) fn try_new(counter: u64, actor: u64) -> Option<Self> {
+        Some(Self(
+            u32::try_from(counter).ok()?,
+            u32::try_from(actor).ok()?,
+        ))
+    }
+
     pub(crate) fn map(&self, actor_map: &[usize]) -> Result<OpId, AutomergeError> {
         let actor = actor_map.get(self.actor()).cloned();
         let actor = actor.ok_or(AutomergeError::InvalidActorIndex(self.actor()))?;

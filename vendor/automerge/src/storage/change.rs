@@ -174,13 +174,29 @@ impl<'a> Change<'a, Unverified> {
         self,
         mut f: F,
     ) -> Result<Change<'a, Verified>, ReadChangeOpError> {
+        // TANDEM PATCH 9: op ids are (u32 counter, u32 actor) pairs, and the change's ops
+        // reference actors by index into its actor list. Upstream checked only the first
+        // counter: a change whose later ops passed u32::MAX panicked when applied
+        // (`OpId::new`), and an actor index past the list panicked in `Change::decode`
+        // (`ExpandedChange::from`) and was only refused on apply. Both are refused here, so
+        // every `Change` built from bytes has ops that convert without a panic.
+        let start_op = u64::from(self.start_op);
+        if u32::try_from(start_op).is_err() {
+            return Err(ReadChangeOpError::CounterTooLarge);
+        }
+        let num_actors = self.other_actors.len() + 1;
         let mut num_ops = 0;
         for op in self.iter_ops() {
-            f(op?);
+            let op = op?;
+            // this op's counter; start_op < 2^32 and num_ops <= 2^32, so no overflow
+            if u32::try_from(start_op + num_ops as u64).is_err() {
+                return Err(ReadChangeOpError::CounterTooLarge);
+            }
+            if let Some(actor) = op_actors(&op).find(|actor| *actor >= num_actors) {
+                return Err(ReadChangeOpError::ActorIndexOutOfRange { actor, num_actors });
+            }
+            f(op);
             num_ops += 1;
-        }
-        if u32::try_from(u64::from(self.start_op)).is_err() {
-            return Err(ReadChangeOpError::CounterTooLarge);
         }
         Ok(Change {
             bytes: self.bytes,
@@ -199,6 +215,18 @@ impl<'a> Change<'a, Unverified> {
             _phantom: PhantomData,
         })
     }
+}
+
+/// TANDEM PATCH 9: the actor indexes an op of a change refers to (its object's, its key's and
+/// its predecessors'; the root object and the list head are actor 0, always present).
+fn op_actors(op: &ChangeOp) -> impl Iterator<Item = usize> + '_ {
+    let key_actor = match &op.key {
+        crate::columnar::Key::Elem(elem) => Some(elem.0.actor()),
+        crate::columnar::Key::Prop(_) => None,
+    };
+    std::iter::once(op.obj.0.actor())
+        .chain(key_actor)
+        .chain(op.pred.iter().map(|p| p.actor()))
 }
 
 impl<'a> Change<'a, Verified> {
@@ -519,5 +547,120 @@ impl ChangeBuilder<Set<NonZeroU64>, Set<ActorId>, Set<u64>, Set<i64>> {
             num_ops,
             _phantom: PhantomData,
         })
+    }
+}
+
+/// TANDEM PATCH 9: a change whose ops refer to an actor it does not list, or whose ops' counters
+/// run past u32::MAX, is refused when read.
+#[cfg(test)]
+mod tandem_patch_9 {
+    use super::*;
+    use crate::transaction::Transactable;
+    use crate::{AutoCommit, ObjType, ROOT};
+
+    /// A document with one change by actor 1 (a list holding "a"), and a change by actor 2
+    /// that inserts into and overwrites in that list: its ops refer to actor 1 (index 1 in its
+    /// actor list) for their object, key and predecessor.
+    fn two_actor_change() -> (AutoCommit, crate::Change) {
+        let mut doc1 = AutoCommit::new().with_actor(ActorId::from([1u8; 16]));
+        let list = doc1.put_object(ROOT, "list", ObjType::List).unwrap();
+        doc1.insert(&list, 0, "a").unwrap();
+        doc1.commit();
+        let base_heads = doc1.get_heads();
+        let mut doc2 = doc1.fork().with_actor(ActorId::from([2u8; 16]));
+        doc2.insert(&list, 1, "b").unwrap();
+        doc2.put(&list, 0, "c").unwrap();
+        doc2.commit();
+        let changes = doc2.get_changes(&base_heads);
+        assert_eq!(changes.len(), 1);
+        (doc1, changes[0].clone())
+    }
+
+    /// The body of a change chunk up to its columns, as `ChangeBuilder::build` writes it.
+    fn body_prefix(c: &Change<'_, Verified>, other_actors: &[ActorId], start_op: u64) -> Vec<u8> {
+        let mut data = Vec::new();
+        leb128::write::unsigned(&mut data, c.dependencies.len() as u64).unwrap();
+        for dep in &c.dependencies {
+            data.extend_from_slice(dep.as_bytes());
+        }
+        length_prefixed_bytes(&c.actor, &mut data);
+        leb128::write::unsigned(&mut data, c.seq).unwrap();
+        leb128::write::unsigned(&mut data, start_op).unwrap();
+        leb128::write::signed(&mut data, c.timestamp).unwrap();
+        length_prefixed_bytes(c.message.as_deref().unwrap_or("").as_bytes(), &mut data);
+        leb128::write::unsigned(&mut data, other_actors.len() as u64).unwrap();
+        for actor in other_actors {
+            length_prefixed_bytes(actor, &mut data);
+        }
+        data
+    }
+
+    /// The bytes of change `c` with its other actors and start op replaced (and a valid header).
+    fn rewrite(c: &Change<'_, Verified>, other_actors: &[ActorId], start_op: u64) -> Vec<u8> {
+        let original = body_prefix(c, &c.other_actors, u64::from(c.start_op));
+        let body = c.body_bytes();
+        assert_eq!(
+            &body[..original.len()],
+            &original[..],
+            "the change's prefix re-encodes as it was"
+        );
+        let mut data = body_prefix(c, other_actors, start_op);
+        data.extend_from_slice(&body[original.len()..]);
+        let header = Header::new(ChunkType::Change, &data);
+        let mut bytes = Vec::new();
+        header.write(&mut bytes);
+        bytes.extend(data);
+        bytes
+    }
+
+    #[test]
+    fn rewriting_nothing_gives_the_same_change() {
+        let (_, change) = two_actor_change();
+        let stored: &Change<'static, Verified> = change.as_ref();
+        assert_eq!(stored.other_actors.len(), 1);
+        let same = rewrite(stored, &stored.other_actors, u64::from(stored.start_op));
+        assert_eq!(same, change.raw_bytes());
+        let parsed = crate::Change::try_from(&same[..]).unwrap();
+        assert_eq!(parsed.decode().operations.len(), change.len());
+    }
+
+    #[test]
+    fn an_op_referring_to_an_actor_the_change_does_not_list_is_refused() {
+        let (mut base, change) = two_actor_change();
+        let stored: &Change<'static, Verified> = change.as_ref();
+        // No other actors: the ops' actor index 1 points past the list. Upstream read this
+        // change, and `Change::decode` panicked on it (the `unwrap` of the object's actor).
+        let bytes = rewrite(stored, &[], u64::from(stored.start_op));
+        let err = crate::Change::try_from(&bytes[..]).unwrap_err();
+        assert!(err.to_string().contains("actor 1"), "{err}");
+        // `load_incremental` keeps what parsed before a bad chunk and drops the rest: it
+        // must not panic, and nothing of the bad change may be applied.
+        let heads = base.get_heads();
+        let _ = base.load_incremental(&bytes);
+        assert_eq!(base.get_heads(), heads);
+    }
+
+    #[test]
+    fn ops_whose_counters_pass_u32_max_are_refused() {
+        let (mut base, change) = two_actor_change();
+        let stored: &Change<'static, Verified> = change.as_ref();
+        let num_ops = change.len() as u64;
+        assert!(num_ops >= 2);
+        let max = u64::from(u32::MAX);
+        // The last op's counter is exactly u32::MAX: fine.
+        let bytes = rewrite(stored, &stored.other_actors, max - num_ops + 1);
+        assert!(crate::Change::try_from(&bytes[..]).is_ok());
+        // One more and the last op's counter does not fit (upstream only checked the first,
+        // and `OpId::new` panics on the others when the change is applied).
+        let bytes = rewrite(stored, &stored.other_actors, max - num_ops + 2);
+        assert!(crate::Change::try_from(&bytes[..]).is_err());
+        // `load_incremental` keeps what parsed before a bad chunk and drops the rest: it
+        // must not panic, and nothing of the bad change may be applied.
+        let heads = base.get_heads();
+        let _ = base.load_incremental(&bytes);
+        assert_eq!(base.get_heads(), heads);
+        // The first counter past u32::MAX was refused already.
+        let bytes = rewrite(stored, &stored.other_actors, max + 1);
+        assert!(crate::Change::try_from(&bytes[..]).is_err());
     }
 }

@@ -185,7 +185,14 @@ impl KeyIter<'_> {
             }
             (Some(Some(actor)), Some(Some(ctr)), Some(None) | None) => match ctr.try_into() {
                 //Ok(ctr) => Some(Ok(Key::Elem(ElemId(OpId(ctr, actor as usize))))),
-                Ok(ctr) => Ok(Some(Key::Elem(ElemId(OpId::new(ctr, actor as usize))))),
+                // TANDEM PATCH 9: was `OpId::new`, which panics on values past u32::MAX
+                Ok(ctr) => match OpId::try_new(ctr, actor) {
+                    Some(id) => Ok(Some(Key::Elem(ElemId(id)))),
+                    None => Err(DecodeColumnError::invalid_value(
+                        "key",
+                        "counter or actor too large",
+                    )),
+                },
                 Err(_) => Err(DecodeColumnError::invalid_value(
                     "counter",
                     "negative value for counter",

@@ -133,7 +133,14 @@ impl ObjIdIter<'_> {
             .map_err(|e| DecodeColumnError::decode_raw("counter", e))?;
         match (actor, counter) {
             (None | Some(None), None | Some(None)) => Ok(Some(ObjId::root())),
-            (Some(Some(a)), Some(Some(c))) => Ok(Some(ObjId(OpId::new(c, a as usize)))),
+            // TANDEM PATCH 9: was `OpId::new`, which panics on values past u32::MAX
+            (Some(Some(a)), Some(Some(c))) => match OpId::try_new(c, a) {
+                Some(id) => Ok(Some(ObjId(id))),
+                None => Err(DecodeColumnError::invalid_value(
+                    "obj",
+                    "counter or actor too large",
+                )),
+            },
             (_, Some(Some(0))) => Ok(Some(ObjId::root())),
             (Some(None) | None, _) => Err(DecodeColumnError::unexpected_null("actor")),
             (_, Some(None) | None) => Err(DecodeColumnError::unexpected_null("counter")),

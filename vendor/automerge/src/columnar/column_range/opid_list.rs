@@ -208,7 +208,16 @@ impl OpIdListIter<'_> {
                 .map_err(|e| DecodeColumnError::decode_raw("counter", e))?;
             match (actor, counter) {
                 (Some(Some(a)), Some(Some(ctr))) => match ctr.try_into() {
-                    Ok(ctr) => p.push(OpId::new(ctr, a as usize)),
+                    // TANDEM PATCH 9: was `OpId::new`, which panics on values past u32::MAX
+                    Ok(ctr) => match OpId::try_new(ctr, a) {
+                        Some(id) => p.push(id),
+                        None => {
+                            return Err(DecodeColumnError::invalid_value(
+                                "pred",
+                                "counter or actor too large",
+                            ))
+                        }
+                    },
                     Err(_e) => {
                         return Err(DecodeColumnError::invalid_value(
                             "counter",

@@ -189,7 +189,10 @@ impl<T> RleDecoder<'_, T> {
                 }
                 count if count < 0 => {
                     // literal run
-                    self.count = count.abs() as isize;
+                    // TANDEM PATCH 9: was `count.abs() as isize`, which overflows (a panic with
+                    // overflow checks) for i64::MIN. A literal run reads each of its values from
+                    // the input, so an overlong one ends in a read error either way.
+                    self.count = isize::try_from(count.unsigned_abs()).unwrap_or(isize::MAX);
                     self.literal = true;
                 }
                 _ => {

@@ -376,6 +376,9 @@ pub enum ReadChangeOpError {
     InvalidOpType(#[from] InvalidOpType),
     #[error("counter too large")]
     CounterTooLarge,
+    // TANDEM PATCH 9
+    #[error("op refers to actor {actor} but the change has {num_actors} actors")]
+    ActorIndexOutOfRange { actor: usize, num_actors: usize },
 }
 
 #[derive(Clone)]
