@@ -658,6 +658,20 @@ fn check(
                 ),
             ));
         }
+        // An actor bound to another user (by that user's authored changes) is theirs:
+        // reusing it without an `Author` would put their name on this change in history.
+        if let Some(owner) = doc.get_author_for_actor(c.actor_id())
+            && owner.as_bytes() != user.as_str().as_bytes()
+        {
+            return Err(forbidden(
+                None,
+                None,
+                format!(
+                    "change uses the actor of {:?}; the connection is {user}",
+                    String::from_utf8_lossy(owner.as_bytes())
+                ),
+            ));
+        }
     }
     if changes.is_empty() {
         return Ok(());
@@ -680,6 +694,28 @@ fn check(
     let mut created: HashSet<NodeId> = HashSet::new();
     for (loc, key, value, is_make) in located {
         let key = key.as_deref();
+        // `parent` and `owner` are plain strings to the rules; readers also accept Text
+        // objects, whose characters the checks above would not see. Only admins may write
+        // them in any other form.
+        if role != Role::Admin {
+            let text_form = match (&loc, key) {
+                (Loc::Node(_), Some(F_PARENT | F_OWNER)) => is_make,
+                (Loc::Field(_, f), _) => f == F_PARENT || f == F_OWNER,
+                _ => false,
+            };
+            if text_form {
+                let (node, field) = match &loc {
+                    Loc::Node(id) => (Some(*id), key.map(str::to_owned)),
+                    Loc::Field(id, f) => (Some(*id), Some(f.clone())),
+                    _ => (None, None),
+                };
+                return Err(forbidden(
+                    node,
+                    field.as_deref(),
+                    "parent and owner are written as plain strings",
+                ));
+            }
+        }
         let parm_field = |p: &str| format!("parm:{p}");
         match loc {
             Loc::Checkpoints => {
@@ -688,6 +724,20 @@ fn check(
                         None,
                         Some("checkpoints"),
                         "checkpoints are made through the server's checkpoint request",
+                    ));
+                }
+                // A name is given once: a second request for a taken name (two racing
+                // requests) must not re-point the first.
+                if origin == Origin::Server
+                    && is_make
+                    && let Some(name) = key
+                    && codec::child_map(doc, &ROOT, KEY_CHECKPOINTS)
+                        .is_some_and(|cps| codec::child_map(doc, &cps, name).is_some())
+                {
+                    return Err(forbidden(
+                        None,
+                        Some("checkpoints"),
+                        format!("a checkpoint named {name:?} exists already"),
                     ));
                 }
             }

@@ -485,4 +485,90 @@ fn peers_cannot_write_checkpoints_but_the_server_may_on_request() {
         .check_server_write(&bare, &ch, &user("bob"), Role::Viewer)
         .unwrap_err();
     assert_eq!(err.rule, "viewers cannot edit");
+    // Two requests for one name raced: the second may not re-point the first.
+    let mut carol = SceneDoc::load(&bare.save(), user("carol")).unwrap();
+    let mut bare = bare;
+    bare.apply_changes(ch).unwrap();
+    carol.checkpoint("approved-v1", "second", 10).unwrap();
+    let ch = carol.changes_since(&server.heads());
+    let err = RuleChecker::new()
+        .check_server_write(&bare, &ch, &user("carol"), Role::Editor)
+        .unwrap_err();
+    assert!(err.rule.contains("exists already"), "{err}");
+}
+
+/// Regression (hostile-peer review): an editor reused another user's automerge actor
+/// without an `Author` footer, and history showed the other user as the author.
+#[test]
+fn an_actor_bound_to_another_user_cannot_be_reused_without_an_author() {
+    use tandem_core::RuleChecker;
+    use tandem_core::automerge::transaction::Transactable;
+    use tandem_core::automerge::{Automerge, ROOT};
+    let id = NodeId::new_v4();
+    let (mut server, _, _) = room(&[cube(id)]);
+    let bytes = server.save().unwrap();
+    let bare = Automerge::load(&bytes).unwrap();
+    // Alice's session actor, bound to her by her authored changes.
+    let alice_actor = bare
+        .get_changes(&[])
+        .iter()
+        .find(|c| c.author().is_some_and(|a| a.as_bytes() == b"alice"))
+        .map(|c| c.actor_id().clone())
+        .expect("alice's authored change");
+    let mut forged = Automerge::load(&bytes).unwrap();
+    forged.set_author(None);
+    forged.set_actor(alice_actor);
+    let mut tx = forged.transaction();
+    tx.put(ROOT, "x", 1).unwrap();
+    tx.commit();
+    let ch = forged.get_changes(&bare.get_heads());
+    assert_eq!(ch.len(), 1);
+    assert!(ch[0].author().is_none());
+    let mut checker = RuleChecker::new();
+    let err = checker
+        .check(&bare, &ch, &user("mallory"), Role::Editor)
+        .unwrap_err();
+    assert!(err.rule.contains("actor of \"alice\""), "{}", err.rule);
+    // Alice herself may go on with her actor.
+    checker
+        .check(&bare, &ch, &user("alice"), Role::Editor)
+        .unwrap();
+}
+
+/// Regression (review of the subtree-lock fix): a `parent` written as a Text object (a Make
+/// op and character inserts) slipped past the check that reads plain string values.
+#[test]
+fn a_parent_written_as_text_is_refused() {
+    use tandem_core::RuleChecker;
+    use tandem_core::automerge::transaction::Transactable;
+    use tandem_core::automerge::{Automerge, ObjType, ROOT, ReadDoc};
+    let hero = NodeId::new_v4();
+    let mine = NodeId::new_v4();
+    let (mut server, mut alice, _) = room(&[cube(hero)]);
+    alice.lock(hero, true, Role::Editor, 5).unwrap();
+    let ch = outgoing(&mut alice, &server);
+    deliver(&mut server, ch);
+    let mut bob = SceneDoc::load(&server.save().unwrap(), user("bob")).unwrap();
+    bob.diff_nodes(&[cube(mine)], &[], 6).unwrap();
+    let ch = outgoing(&mut bob, &server);
+    server
+        .check_changes(&ch, &user("bob"), Role::Editor)
+        .unwrap();
+    deliver(&mut server, ch);
+    let bytes = server.save().unwrap();
+    let bare = Automerge::load(&bytes).unwrap();
+    let mut forged = Automerge::load(&bytes).unwrap();
+    forged.set_author(Some(tandem_core::automerge::Author::from(b"bob".to_vec())));
+    let mut tx = forged.transaction();
+    let (_, nodes) = tx.get(ROOT, "nodes").unwrap().unwrap();
+    let (_, node) = tx.get(&nodes, mine.to_string()).unwrap().unwrap();
+    let text = tx.put_object(&node, "parent", ObjType::Text).unwrap();
+    tx.splice_text(&text, 0, 0, &hero.to_string()).unwrap();
+    tx.commit();
+    let ch = forged.get_changes(&bare.get_heads());
+    let err = RuleChecker::new()
+        .check(&bare, &ch, &user("bob"), Role::Editor)
+        .unwrap_err();
+    assert_eq!(err.node, Some(mine), "{err}");
+    assert_eq!(err.rule, "parent and owner are written as plain strings");
 }

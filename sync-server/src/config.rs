@@ -59,8 +59,8 @@ pub struct Config {
     pub max_presence_bytes: usize,
     /// Documents a room holds in memory at once; creating more is refused (`too_large`).
     pub max_documents_per_room: usize,
-    /// Documents one connection may create (viewers create none).
-    pub max_new_documents_per_connection: usize,
+    /// Documents one user may create while the room is loaded (viewers create none).
+    pub max_new_documents_per_user: usize,
     /// Unknown documents one connection may wait for (to be pushed if they appear).
     pub max_waiting_per_connection: usize,
     /// Require a valid token for `/metrics` once users exist (it is open by default, for
@@ -98,7 +98,7 @@ impl Default for Config {
             presence_per_second: 60,
             max_presence_bytes: 64 << 10,
             max_documents_per_room: 1000,
-            max_new_documents_per_connection: 100,
+            max_new_documents_per_user: 100,
             max_waiting_per_connection: 256,
             metrics_need_token: false,
             insecure: false,

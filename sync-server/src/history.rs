@@ -120,6 +120,10 @@ pub fn parse_time(s: &str) -> Result<i64> {
 
 /// `YYYY-MM-DDTHH:MM:SS[.fff](Z|±HH:MM)` → ms since the epoch.
 fn parse_rfc3339(s: &str) -> Option<i64> {
+    // Every slice below is by byte offset: only ASCII can be a time.
+    if !s.is_ascii() {
+        return None;
+    }
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
@@ -419,6 +423,8 @@ mod tests {
         );
         assert_eq!(parse_time("2000-02-29T00:00:00Z").unwrap(), 951_782_400_000);
         assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("2023-11-14T22:13:20é00:0").is_err());
+        assert!(parse_time("2023-11-14T22:13:20+0é:00").is_err());
         assert!(parse_time("2023-13-01T00:00:00Z").is_err());
     }
 

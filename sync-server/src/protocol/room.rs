@@ -91,8 +91,8 @@ pub struct RoomLimits {
     /// Documents held in memory at once; a peer's sync for a new document beyond it is
     /// refused (`too_large`).
     pub max_documents: usize,
-    /// New documents one connection may create.
-    pub max_new_documents_per_connection: usize,
+    /// New documents one user (or anonymous connection) may create while the room is loaded.
+    pub max_new_documents_per_user: usize,
     /// Unknown documents one connection may wait for (pushed if they appear).
     pub max_waiting_per_connection: usize,
     /// Longest chat line, in bytes.
@@ -113,7 +113,7 @@ impl Default for RoomLimits {
             min_compact_bytes: 1 << 20,
             chunked_apply_threshold: 16,
             max_documents: 1000,
-            max_new_documents_per_connection: 100,
+            max_new_documents_per_user: 100,
             max_waiting_per_connection: 256,
             max_chat_bytes: 4096,
             max_ephemeral_bytes: 64 << 10,
@@ -206,8 +206,6 @@ pub enum Output {
 struct ConnState {
     info: PeerInfo,
     docs: HashSet<DocumentId>,
-    /// Documents this connection created.
-    created: usize,
     /// Unknown documents this connection waits for.
     waiting: usize,
     presence: Bucket,
@@ -383,6 +381,8 @@ pub struct Room {
     out: Vec<Output>,
     /// The clock the tokio layer hands in (see [`Room::set_time`]).
     now_ms: u64,
+    /// Documents each user (or anonymous connection) created while the room is loaded.
+    created_by: HashMap<String, usize>,
 }
 
 fn anonymous() -> UserId {
@@ -487,6 +487,7 @@ impl Room {
             pending_acks: VecDeque::new(),
             out: Vec::new(),
             now_ms: 0,
+            created_by: HashMap::new(),
         }
     }
 
@@ -538,7 +539,6 @@ impl Room {
             ConnState {
                 info,
                 docs: HashSet::new(),
-                created: 0,
                 waiting: 0,
                 presence: Bucket::new(
                     self.limits.presence_per_second.saturating_mul(2),
@@ -818,12 +818,19 @@ impl Room {
                 );
             }
         };
+        // Set when this message creates the document: a refusal below undoes the creation.
+        let mut created_now: Option<String> = None;
         if !self.ensure_loaded(&doc_id, source) {
             let Some(cs) = self.conns.get_mut(&conn) else {
                 return;
             };
             // A viewer creates nothing: an empty sync for an unknown document is a request.
             let viewer = cs.info.role == Role::Viewer;
+            let creator = cs
+                .info
+                .user
+                .clone()
+                .unwrap_or_else(|| format!("connection {conn}"));
             if (is_request || viewer) && msg.changes.is_empty() {
                 // Nobody has it: say so, and remember the asker in case it gets created
                 // (up to a bound per connection).
@@ -861,12 +868,14 @@ impl Room {
                     ErrorCode::Forbidden,
                     "viewers cannot create documents".to_owned(),
                 ))
-            } else if cs.created >= self.limits.max_new_documents_per_connection {
+            } else if self.created_by.get(&creator).copied().unwrap_or(0)
+                >= self.limits.max_new_documents_per_user
+            {
                 Some((
                     ErrorCode::TooLarge,
                     format!(
-                        "one connection may create at most {} documents",
-                        self.limits.max_new_documents_per_connection
+                        "one user may create at most {} documents while the room is loaded",
+                        self.limits.max_new_documents_per_user
                     ),
                 ))
             } else if self.docs.len() >= self.limits.max_documents {
@@ -883,9 +892,10 @@ impl Room {
             if let Some((code, message)) = refusal {
                 return self.fail(conn, code, message, Some(doc_id), request_id);
             }
-            cs.created += 1;
+            *self.created_by.entry(creator.clone()).or_default() += 1;
             self.docs
                 .insert(doc_id.clone(), DocState::new(Automerge::new(), 0, 0));
+            created_now = Some(creator);
         }
         // Subscribe the sender (and anyone who asked for this document before it existed).
         let mut newcomers = vec![conn];
@@ -953,6 +963,9 @@ impl Room {
                 ds.told.remove(&conn);
                 ds.rules = RuleChecker::new();
                 self.dirty.remove(&(doc_id.clone(), conn));
+                if let Some(creator) = created_now {
+                    self.uncreate(&doc_id, &creator, &newcomers);
+                }
                 return self.fail_with(conn, error);
             }
         }
@@ -973,6 +986,9 @@ impl Room {
             ds.doc.receive_sync_message(state, msg)
         };
         if let Err(e) = result {
+            if let Some(creator) = created_now {
+                self.uncreate(&doc_id, &creator, &newcomers);
+            }
             return self.fail(
                 conn,
                 ErrorCode::BadMessage,
@@ -1023,6 +1039,26 @@ impl Room {
                 },
             });
             self.release_acks();
+        }
+    }
+
+    /// Undo a document's creation by a refused message: forget it, give the creator's count
+    /// back, and put those who were waiting for it back on the wait list. `newcomers[0]` is
+    /// the sender.
+    fn uncreate(&mut self, doc_id: &DocumentId, creator: &str, newcomers: &[ConnId]) {
+        self.docs.remove(doc_id);
+        if let Some(n) = self.created_by.get_mut(creator) {
+            *n = n.saturating_sub(1);
+        }
+        for (i, c) in newcomers.iter().enumerate() {
+            self.dirty.remove(&(doc_id.clone(), *c));
+            let Some(cs) = self.conns.get_mut(c) else {
+                continue;
+            };
+            cs.docs.remove(doc_id);
+            if i > 0 && self.waiting.entry(doc_id.clone()).or_default().insert(*c) {
+                cs.waiting += 1;
+            }
         }
     }
 

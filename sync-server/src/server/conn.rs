@@ -28,11 +28,67 @@ use super::http::Accepted;
 use super::room_task::{ConnOut, RoomCmd};
 use super::{Shared, next_conn_id};
 use crate::protocol::close_code;
-use crate::protocol::handshake::accept_join;
+use crate::protocol::handshake::{MAX_JOIN_BYTES, accept_join};
 use crate::store::AuthFailure;
 use tandem_core::wire::{ErrorCode, Message, TandemError};
 
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type Ws = WebSocketStream<JoinLimit>;
+
+/// The upgraded connection, reading at most a join's worth of bytes until the join is
+/// accepted: tungstenite would otherwise buffer a first frame up to `max_message_bytes`
+/// (64 MiB by default) for a peer nobody has authenticated.
+struct JoinLimit {
+    inner: TokioIo<hyper::upgrade::Upgraded>,
+    /// Bytes still allowed before the join is accepted; `None` once it is.
+    remaining: Option<usize>,
+}
+
+impl tokio::io::AsyncRead for JoinLimit {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(left)) = (&r, this.remaining.as_mut()) {
+            let n = buf.filled().len() - before;
+            if n > *left {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "more than a join before the join",
+                )));
+            }
+            *left -= n;
+        }
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for JoinLimit {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
 
 /// `/sync?room=NAME[&token=…]` query.
 #[derive(serde::Deserialize)]
@@ -75,15 +131,23 @@ pub(crate) async fn upgrade(
             "room names are 1-128 of A-Z a-z 0-9 . _ -\n",
         );
     }
-    if shared.metrics.connections_open.load(Relaxed) as usize >= shared.config.max_connections {
+    let Some(accepted) = req.extensions().get::<Accepted>().copied() else {
+        return plain(StatusCode::INTERNAL_SERVER_ERROR, "no connection info\n");
+    };
+    // An upgrade asked for after the deadline (on a kept-alive connection) would be
+    // answered 101 and dropped at once: refuse it plainly instead.
+    let deadline = accepted.at + shared.config.handshake_timeout;
+    if Instant::now() >= deadline {
+        return plain(StatusCode::REQUEST_TIMEOUT, "handshake deadline passed\n");
+    }
+    // Admission and counting in one step, so concurrent upgrades cannot pass the limit;
+    // the guard gives the slot back however the connection ends (a panic included).
+    let Some(slot) = OpenSlot::take(&shared) else {
         shared.metrics.connections_rejected.fetch_add(1, Relaxed);
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "connection limit reached\n",
         );
-    }
-    let Some(accepted) = req.extensions().get::<Accepted>().copied() else {
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "no connection info\n");
     };
     // Stock automerge-repo clients can only pass a token in the URL (or a header).
     let token = params.token.or_else(|| {
@@ -94,17 +158,14 @@ pub(crate) async fn upgrade(
             .map(|t| t.trim().to_owned())
     });
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // Counted from here so the limit holds while upgrades are in flight.
     shared.metrics.connections_total.fetch_add(1, Relaxed);
-    shared.metrics.connections_open.fetch_add(1, Relaxed);
     tokio::spawn(async move {
-        let deadline = accepted.at + shared.config.handshake_timeout;
+        let _slot = slot;
         match timeout_at(deadline, on_upgrade).await {
             Ok(Ok(upgraded)) => serve(shared.clone(), upgraded, room, token, accepted).await,
             Ok(Err(e)) => tracing::debug!(peer = %accepted.peer, error = %e, "upgrade failed"),
             Err(_) => tracing::debug!(peer = %accepted.peer, "upgrade deadline passed"),
         }
-        shared.metrics.connections_open.fetch_sub(1, Relaxed);
     });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
     Response::builder()
@@ -114,6 +175,26 @@ pub(crate) async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(axum::body::Body::empty())
         .unwrap_or_else(|_| plain(StatusCode::INTERNAL_SERVER_ERROR, "upgrade failed\n"))
+}
+
+/// One of `max_connections`, held for the life of a WebSocket connection.
+struct OpenSlot(Arc<crate::metrics::Metrics>);
+
+impl OpenSlot {
+    fn take(shared: &Shared) -> Option<Self> {
+        let max = shared.config.max_connections as u64;
+        let m = &shared.metrics;
+        m.connections_open
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Self(m.clone()))
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.connections_open.fetch_sub(1, Relaxed);
+    }
 }
 
 async fn close_with(ws: &mut Ws, code: u16, reason: &str) {
@@ -156,9 +237,12 @@ async fn serve_inner(
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_message_bytes));
-    let mut ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-            .await;
+    let limited = JoinLimit {
+        inner: TokioIo::new(upgraded),
+        // The join frame plus its WebSocket header, and room for a ping or two.
+        remaining: Some(MAX_JOIN_BYTES + 1024),
+    };
+    let mut ws = WebSocketStream::from_raw_socket(limited, Role::Server, Some(ws_config)).await;
     // One deadline from TCP accept to a completed join, as documented.
     let deadline = accepted_at + cfg.handshake_timeout;
 
@@ -173,6 +257,9 @@ async fn serve_inner(
                 }
                 Some(Err(WsError::Capacity(_))) => {
                     return Err((close_code::TOO_BIG, "message too big"));
+                }
+                Some(Err(WsError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err((close_code::TOO_BIG, "a join is at most 64 KiB"));
                 }
                 _ => return Err((close_code::NORMAL, "")),
             }
@@ -213,6 +300,8 @@ async fn serve_inner(
             return close_with(&mut ws, refusal.code, refusal.error.as_str()).await;
         }
     };
+    // Authenticated: frames up to `max_message_bytes` from here on.
+    ws.get_mut().remaining = None;
     if let Some(u) = &info.user {
         tracing::Span::current().record("user", u.as_str());
     }
@@ -303,7 +392,10 @@ async fn serve_inner(
             }
             _ = auth_tick.tick(), if recheck.is_some() => {
                 let Some((token, role, tandem)) = &recheck else { continue };
-                let why = match shared.auth.authenticate(Some(token), &room_name) {
+                let (sh, t, r) = (shared.clone(), token.clone(), room_name.clone());
+                let checked = tokio::task::spawn_blocking(move || sh.auth.authenticate(Some(&t), &r)).await;
+                let Ok(checked) = checked else { continue };
+                let why = match checked {
                     Ok(g) if g.role == *role => continue,
                     Ok(_) => "the token's role changed; reconnect".to_owned(),
                     Err(AuthFailure::Internal) => continue,

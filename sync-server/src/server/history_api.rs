@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use automerge::Automerge;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use tandem_core::LogFilter;
@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::room_task::{RoomCmd, ServerChangeError};
-use super::routes::{ApiError, Body, Params, RoomGrant};
+use super::routes::{ApiError, Body, Params, PathArgs, RoomGrant};
 use crate::history::{self, HistoryError, Query};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -120,7 +120,7 @@ fn latest(at: Option<String>) -> String {
 pub(crate) async fn log(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
     Params(q): Params<LogParams>,
 ) -> Result<Json<Json_>> {
     let filter = LogFilter {
@@ -145,7 +145,7 @@ pub(crate) async fn log(
 pub(crate) async fn scene(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
     Params(q): Params<AtParams>,
 ) -> Result<Json<Json_>> {
     let query = Query::Scene { at: latest(q.at) };
@@ -155,7 +155,7 @@ pub(crate) async fn scene(
 pub(crate) async fn node(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<NodePath>,
+    PathArgs(p): PathArgs<NodePath>,
     Params(q): Params<AtParams>,
 ) -> Result<Json<Json_>> {
     let query = Query::Node {
@@ -168,7 +168,7 @@ pub(crate) async fn node(
 pub(crate) async fn diff(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
     Params(q): Params<DiffParams>,
 ) -> Result<Json<Json_>> {
     let query = Query::Diff {
@@ -181,7 +181,7 @@ pub(crate) async fn diff(
 pub(crate) async fn blame(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
     Params(q): Params<BlameParams>,
 ) -> Result<Json<Json_>> {
     let query = Query::Blame {
@@ -194,7 +194,7 @@ pub(crate) async fn blame(
 pub(crate) async fn checkpoints(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
 ) -> Result<Json<Json_>> {
     answer(&shared, &grant, &p.doc, Query::Checkpoints).await
 }
@@ -202,7 +202,7 @@ pub(crate) async fn checkpoints(
 pub(crate) async fn create_checkpoint(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
     Body(b): Body<NewCheckpoint>,
 ) -> Result<Json<Json_>> {
     let user = grant.user.clone();
@@ -217,7 +217,7 @@ pub(crate) async fn create_checkpoint(
 pub(crate) async fn restore(
     State(shared): State<Arc<Shared>>,
     grant: RoomGrant,
-    Path(p): Path<DocPath>,
+    PathArgs(p): PathArgs<DocPath>,
     Body(b): Body<RestoreRequest>,
 ) -> Result<Json<Json_>> {
     let (user, role) = (grant.user.clone(), grant.role);

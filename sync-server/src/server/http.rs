@@ -75,9 +75,17 @@ pub(crate) async fn handle_tcp(
         at: 0,
         inner: stream,
     });
+    let first = std::sync::atomic::AtomicBool::new(true);
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(accepted);
+            // The first request's deadline runs from TCP accept; a later one on the same
+            // connection (keep-alive) from its own arrival.
+            let at = if first.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                accepted.at
+            } else {
+                Instant::now()
+            };
+            req.extensions_mut().insert(Accepted { at, ..accepted });
             router.clone().oneshot(req.map(axum::body::Body::new))
         });
     let conn = hyper::server::conn::http1::Builder::new()

@@ -182,7 +182,7 @@ async fn run(
     let limits = RoomLimits {
         min_compact_bytes: c.min_compact_bytes,
         max_documents: c.max_documents_per_room,
-        max_new_documents_per_connection: c.max_new_documents_per_connection,
+        max_new_documents_per_user: c.max_new_documents_per_user,
         max_waiting_per_connection: c.max_waiting_per_connection,
         max_chat_bytes: c.max_chat_bytes,
         max_ephemeral_bytes: c.max_presence_bytes,

@@ -3,8 +3,8 @@
 //! - `/sync` (WebSocket upgrade; the token is checked in the `join`, see `conn`),
 //!   `/healthz` (open), `/metrics` (open unless `metrics_need_token`).
 //! - `/api/v1/**`: every route, and the fallback for paths that match none, runs behind
-//!   [`authenticate`]: once any user exists, no token means 401, before routing can reveal
-//!   anything. Every route with a `{room}` in its path also runs [`authorize_room`], which
+//!   [`authenticate`]: once any user exists, no token means 401, before any handler runs
+//!   (so an unknown path is 401 too, and reveals nothing). Every route with a `{room}` in its path also runs [`authorize_room`], which
 //!   checks that the token opens that room and hands the handler a [`RoomGrant`] (the
 //!   user and role every decision and every server-made change uses). A handler cannot
 //!   reach a room without one: [`RoomGrant`] is only made here.
@@ -93,7 +93,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route_layer(middleware::from_fn(authorize_room))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        // Runs before routing, for everything that reaches this router (fallbacks included).
+        // Wraps every route and the fallbacks: runs before any handler of this router.
         .layer(middleware::from_fn_with_state(shared.clone(), authenticate))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared.clone());
@@ -266,7 +266,16 @@ fn identify(shared: &Shared, token: Option<&str>, headers: &HeaderMap) -> Result
 /// The authentication layer: a [`Caller`] for every API request, or 401.
 async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
     let token = token_of(req.headers(), req.uri());
-    match identify(&shared, token.as_deref(), req.headers()) {
+    // The lookup is a SQLite query: keep it off the async workers.
+    let headers = req.headers().clone();
+    let identified =
+        tokio::task::spawn_blocking(move || identify(&shared, token.as_deref(), &headers)).await;
+    let identified = identified.unwrap_or_else(|e| {
+        Err(ApiError::internal(format!(
+            "authentication task failed: {e}"
+        )))
+    });
+    match identified {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -277,7 +286,14 @@ async fn authenticate(State(shared): State<Arc<Shared>>, mut req: Request, next:
 
 /// The room check, after routing: the `{room}` of the matched route must be a valid name
 /// the caller's token opens.
-async fn authorize_room(params: RawPathParams, mut req: Request, next: Next) -> Response {
+async fn authorize_room(
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Ok(params) = params else {
+        return ApiError::bad("the path is not valid UTF-8").into_response();
+    };
     let room = params
         .iter()
         .find(|(k, _)| *k == "room")
@@ -440,5 +456,18 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
             .await
             .map(|Query(v)| Params(v))
             .map_err(|e: QueryRejection| ApiError::bad(e.body_text()))
+    }
+}
+
+/// Path parameters whose failures are JSON [`ApiError`]s.
+pub(crate) struct PathArgs<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for PathArgs<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| PathArgs(v))
+            .map_err(|e| ApiError::bad(e.body_text()))
     }
 }
