@@ -9,7 +9,7 @@ mod room_task;
 mod routes;
 mod tls;
 
-pub use routes::API_ROUTES;
+pub use routes::api_routes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

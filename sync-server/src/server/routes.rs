@@ -21,7 +21,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use tandem_core::wire::ErrorCode;
@@ -37,58 +37,74 @@ pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
 /// The header that names the caller in open development mode only.
 pub(crate) const USER_HEADER: &str = "x-tandem-user";
 
-/// Every route of the API, as (method, path template). The router is built from the same
-/// handlers; a test probes each of these without a token and with the wrong one.
-pub const API_ROUTES: &[(&str, &str)] = &[
-    ("GET", "/api/v1/rooms"),
-    ("GET", "/api/v1/rooms/{room}"),
-    ("GET", "/api/v1/rooms/{room}/documents"),
-    ("GET", "/api/v1/rooms/{room}/peers"),
-    ("GET", "/api/v1/rooms/{room}/documents/{doc}/log"),
-    ("GET", "/api/v1/rooms/{room}/documents/{doc}/scene"),
-    ("GET", "/api/v1/rooms/{room}/documents/{doc}/node/{node}"),
-    ("GET", "/api/v1/rooms/{room}/documents/{doc}/diff"),
-    ("GET", "/api/v1/rooms/{room}/documents/{doc}/blame"),
-    ("GET", "/api/v1/rooms/{room}/documents/{doc}/checkpoints"),
-    ("POST", "/api/v1/rooms/{room}/documents/{doc}/checkpoints"),
-    ("POST", "/api/v1/rooms/{room}/documents/{doc}/restore"),
-];
+/// An API route: method, path template, handler.
+type ApiRoute = (&'static str, &'static str, MethodRouter<Arc<Shared>>);
+
+/// Every route of the API. The router is built from this table and [`api_routes`] lists it,
+/// so the test that probes every route without a token (and with the wrong ones) probes
+/// exactly the routes that are served.
+fn api_table() -> Vec<ApiRoute> {
+    vec![
+        ("GET", "/api/v1/rooms", get(api::list_rooms)),
+        ("GET", "/api/v1/rooms/{room}", get(api::room)),
+        ("GET", "/api/v1/rooms/{room}/documents", get(api::documents)),
+        ("GET", "/api/v1/rooms/{room}/peers", get(api::peers)),
+        (
+            "GET",
+            "/api/v1/rooms/{room}/documents/{doc}/log",
+            get(history_api::log),
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/{room}/documents/{doc}/scene",
+            get(history_api::scene),
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/{room}/documents/{doc}/node/{node}",
+            get(history_api::node),
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/{room}/documents/{doc}/diff",
+            get(history_api::diff),
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/{room}/documents/{doc}/blame",
+            get(history_api::blame),
+        ),
+        (
+            "GET",
+            "/api/v1/rooms/{room}/documents/{doc}/checkpoints",
+            get(history_api::checkpoints),
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/{room}/documents/{doc}/checkpoints",
+            post(history_api::create_checkpoint),
+        ),
+        (
+            "POST",
+            "/api/v1/rooms/{room}/documents/{doc}/restore",
+            post(history_api::restore),
+        ),
+    ]
+}
+
+/// Every route of the API, as (method, path template), in the router's own table.
+pub fn api_routes() -> Vec<(&'static str, &'static str)> {
+    api_table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
 
 /// The whole router: `/sync`, `/healthz`, `/metrics` and the API.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/rooms", get(api::list_rooms))
-        .route("/api/v1/rooms/{room}", get(api::room))
-        .route("/api/v1/rooms/{room}/documents", get(api::documents))
-        .route("/api/v1/rooms/{room}/peers", get(api::peers))
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/log",
-            get(history_api::log),
-        )
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/scene",
-            get(history_api::scene),
-        )
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/node/{node}",
-            get(history_api::node),
-        )
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/diff",
-            get(history_api::diff),
-        )
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/blame",
-            get(history_api::blame),
-        )
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/checkpoints",
-            get(history_api::checkpoints).post(history_api::create_checkpoint),
-        )
-        .route(
-            "/api/v1/rooms/{room}/documents/{doc}/restore",
-            post(history_api::restore),
-        )
+    let mut api = Router::new();
+    for (_, path, handler) in api_table() {
+        // Two methods on one path merge into one method router.
+        api = api.route(path, handler);
+    }
+    let api = api
         // Runs after routing, for every route: the room check.
         .route_layer(middleware::from_fn(authorize_room))
         .fallback(not_found)
