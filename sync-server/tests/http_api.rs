@@ -415,7 +415,13 @@ fn a_restore_touching_a_node_locked_by_another_user_is_refused_and_applies_nothi
 
 #[test]
 fn bad_bodies_and_the_port_limits_get_clear_answers() {
-    let s = setup(&["--handshake-timeout-ms", "600", "--max-connections", "1"]);
+    let s = setup(&[
+        "--handshake-timeout-ms",
+        "600",
+        "--max-connections",
+        "1",
+        "--metrics-need-token",
+    ]);
     let addr = s.server.addr;
     let lead = s.token("lead", "shot", Role::Admin);
     let sl = session(addr, "shot", "lead", &lead, &s.dir);
@@ -425,6 +431,11 @@ fn bad_bodies_and_the_port_limits_get_clear_answers() {
         .unwrap();
     scene.commit(None).unwrap();
     assert!(scene.wait_saved(T));
+
+    // `--metrics-need-token`: operators' metrics behind a token; health stays open.
+    assert_eq!(http(addr, "GET", "/metrics", None, None).0, 401);
+    assert_eq!(http(addr, "GET", "/metrics", Some(&lead), None).0, 200);
+    assert_eq!(http(addr, "GET", "/healthz", None, None).0, 200);
 
     let base = "/api/v1/rooms/shot/documents/scene";
     let big = format!(r#"{{"name": "{}"}}"#, "x".repeat(2 << 20));
