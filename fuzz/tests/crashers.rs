@@ -14,6 +14,9 @@ fn every_kept_input_runs_without_panicking() {
         };
         for e in entries {
             let path = e.unwrap().path();
+            if std::env::var("TANDEM_FUZZ_ONE").is_ok_and(|one| !path.ends_with(&one)) {
+                continue;
+            }
             let data = std::fs::read(&path).unwrap();
             let r = std::panic::catch_unwind(|| target(&data));
             assert!(r.is_ok(), "{name}: {} panics", path.display());

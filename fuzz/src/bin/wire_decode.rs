@@ -1,5 +1,7 @@
 //! AFL++ harness for `tandem_fuzz::wire_decode` (see `fuzz/run`).
 
 fn main() {
-    afl::fuzz!(|data: &[u8]| tandem_fuzz::wire_decode(data));
+    // Without the abort-on-panic hook: a panic that escapes the target is still a crash
+    // (afl catches the unwind and aborts), one contained inside it is not.
+    afl::fuzz_nohook!(|data: &[u8]| tandem_fuzz::wire_decode(data));
 }

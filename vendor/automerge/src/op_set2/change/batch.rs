@@ -6,7 +6,7 @@ use crate::op_set2::SuccInsert;
 use crate::types::{
     ActorId, ElemId, ObjId, ObjType, OpId, Prop, ScalarValue, SequenceType, SmallHashMap,
 };
-use crate::{Automerge, Change, ChangeHash, PatchLog, PatchLogMismatch};
+use crate::{Automerge, Change, ChangeHash, PatchLog};
 use crate::{AutomergeError, TextEncoding};
 
 use super::super::op::{ChangeOp, Op, OpBuilder};
@@ -854,24 +854,36 @@ impl BatchApply {
         }
     }
 
-    fn import_ops(&mut self, doc: &mut Automerge) {
+    /// Imports every change's ops, then records the changes in the history. (Tandem patch
+    /// 9: a change naming an actor the document does not know — crafted, or a later change
+    /// of an actor whose first one is absent — used to panic here with the history half
+    /// updated; now nothing is recorded unless every change imports.)
+    fn import_ops(&mut self, doc: &mut Automerge) -> Result<(), AutomergeError> {
+        let mut ops = Vec::new();
         for c in &self.changes {
-            doc.import_ops_to(c, &mut self.ops).unwrap();
+            if let Err(e) = doc.import_ops_to(c, &mut ops) {
+                doc.remove_unused_actors(true);
+                return Err(e);
+            }
+        }
+        self.ops = ops;
+        for c in &self.changes {
             doc.update_history(c);
         }
         doc.remove_unused_actors(true);
+        Ok(())
     }
 
     pub(crate) fn apply(
         &mut self,
         doc: &mut Automerge,
         log: &mut PatchLog,
-    ) -> Result<(), PatchLogMismatch> {
+    ) -> Result<(), AutomergeError> {
         self.insert_new_actors(doc);
 
         log.migrate_actors(&doc.ops().actors)?;
 
-        self.import_ops(doc);
+        self.import_ops(doc)?;
 
         // Objects this batch creates, looked up before the document's own index. (Cloning
         // the document's index here cost O(objects in the document) per apply.)
@@ -1121,10 +1133,14 @@ impl Automerge {
     }
 
     fn import_ops(&mut self, change: &Change) -> Result<Vec<ChangeOp>, AutomergeError> {
-        let actors: Vec<_> = change
+        let actors = change
             .actors()
-            .map(|a| self.ops.lookup_actor(a).unwrap())
-            .collect();
+            .map(|a| {
+                self.ops
+                    .lookup_actor(a)
+                    .ok_or_else(|| AutomergeError::InvalidActorId(a.to_hex_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         change
             .iter_ops()

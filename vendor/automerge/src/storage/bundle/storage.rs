@@ -148,7 +148,23 @@ fn decode_delta_int(bytes: &[u8]) -> Result<Vec<i64>, ParseError> {
 }
 
 impl<'a> BundleStorage<'a, Unverified> {
+    /// Tandem patch 9: hexane's run decoders panic on some malformed runs instead of
+    /// returning an error, and bundle bytes come from peers (V2 sync messages, incremental
+    /// loads). Parsing is pure, so a panic in it is caught and reported as
+    /// [`ParseError::MalformedColumns`]; it never reaches the caller.
     pub(crate) fn parse_following_header(
+        input: parse::Input<'a>,
+        header: Header,
+    ) -> parse::ParseResult<'a, BundleStorage<'a, Unverified>, ParseError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::parse_following_header_unguarded(input, header)
+        })) {
+            Ok(r) => r,
+            Err(_) => Err(parse::ParseError::Error(ParseError::MalformedColumns)),
+        }
+    }
+
+    fn parse_following_header_unguarded(
         input: parse::Input<'a>,
         header: Header,
     ) -> parse::ParseResult<'a, BundleStorage<'a, Unverified>, ParseError> {
@@ -273,11 +289,22 @@ impl<'a> BundleStorage<'a, Unverified> {
     }
 
     pub(crate) fn verify(self) -> Result<BundleStorage<'a, Verified>, ParseError> {
-        for c in self.iter_change_meta() {
-            let _ = c?;
-        }
-        for o in self.iter_ops() {
-            let _ = o?;
+        // Tandem patch 9: hexane's run decoders panic on some malformed runs instead of
+        // returning an error, and bundle bytes come from peers (V2 sync messages). Walking
+        // the columns is pure, so a panic here is caught and reported as a parse error
+        // before anything reads the bundle further; it no longer reaches the caller.
+        let walked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for c in self.iter_change_meta() {
+                let _ = c?;
+            }
+            for o in self.iter_ops() {
+                let _ = o?;
+            }
+            Ok::<(), ParseError>(())
+        }));
+        match walked {
+            Ok(r) => r?,
+            Err(_) => return Err(ParseError::MalformedColumns),
         }
         Ok(BundleStorage {
             bytes: self.bytes,
