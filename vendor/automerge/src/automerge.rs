@@ -910,11 +910,20 @@ impl Automerge {
         data: &[u8],
         options: LoadOptions<'_>,
     ) -> Result<Self, AutomergeError> {
-        Self::load_with_options_and_mark_validation(
-            data,
-            options,
-            load::MarkOrderValidation::Validate,
-        )
+        // Tandem patch 9: hexane's run decoders panic on some malformed runs instead of
+        // returning an error, and documents come from peers too (sync's "send everything"
+        // shortcut). Loading builds a new document and touches nothing else, so a panic is
+        // caught and reported as an error.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::load_with_options_and_mark_validation(
+                data,
+                options,
+                load::MarkOrderValidation::Validate,
+            )
+        })) {
+            Ok(r) => r,
+            Err(_) => Err(AutomergeError::MalformedColumns),
+        }
     }
 
     /// Best-effort rescue for documents which fail strict loading.

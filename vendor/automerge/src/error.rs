@@ -56,6 +56,9 @@ pub enum AutomergeError {
     },
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// Column data whose decoder panicked (Tandem patch 9).
+    #[error("malformed column data")]
+    MalformedColumns,
     #[error(transparent)]
     LoadChangeError(#[from] LoadChangeError),
     #[error("increment operations must be against a counter value")]

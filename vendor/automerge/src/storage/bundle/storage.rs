@@ -141,10 +141,20 @@ fn extract_id_ctr_values(
     Ok(Vec::new())
 }
 
+/// The most ops one bundle chunk may decode to (Tandem patch 9). Run-length encoding lets a
+/// few bytes claim any number of values: a 174-byte sync message from the fuzzer made
+/// `decode_delta_int` run for minutes. 2^22 ops is far beyond one sync message's worth.
+const MAX_BUNDLE_OPS: usize = 1 << 22;
+
 fn decode_delta_int(bytes: &[u8]) -> Result<Vec<i64>, ParseError> {
-    hexane::DeltaDecoder::<Option<i64>>::new(bytes)
-        .map(|item| item.ok_or(ParseError::InverseDecode))
-        .collect()
+    let mut out = Vec::new();
+    for item in hexane::DeltaDecoder::<Option<i64>>::new(bytes) {
+        if out.len() >= MAX_BUNDLE_OPS {
+            return Err(ParseError::InverseLengthMismatch);
+        }
+        out.push(item.ok_or(ParseError::InverseDecode)?);
+    }
+    Ok(out)
 }
 
 impl<'a> BundleStorage<'a, Unverified> {
