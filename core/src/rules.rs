@@ -645,32 +645,31 @@ fn check(
     role: Role,
     origin: Origin,
 ) -> std::result::Result<(), Forbidden> {
+    // Another user's name on a change: an `Author` it claims, or an actor bound to
+    // another user by that user's authored changes (reusing it without an `Author` would
+    // put their name on this change in history).
+    let someone_else = |name: &[u8], what: &str| {
+        (name != user.as_str().as_bytes()).then(|| {
+            forbidden(
+                None,
+                None,
+                format!(
+                    "{what} {:?}; the connection is {user}",
+                    String::from_utf8_lossy(name)
+                ),
+            )
+        })
+    };
     for c in changes {
-        if let Some(author) = c.author()
-            && author.as_bytes() != user.as_str().as_bytes()
-        {
-            return Err(forbidden(
-                None,
-                None,
-                format!(
-                    "change claims author {:?} but the connection is {user}",
-                    String::from_utf8_lossy(author.as_bytes())
-                ),
-            ));
-        }
-        // An actor bound to another user (by that user's authored changes) is theirs:
-        // reusing it without an `Author` would put their name on this change in history.
-        if let Some(owner) = doc.get_author_for_actor(c.actor_id())
-            && owner.as_bytes() != user.as_str().as_bytes()
-        {
-            return Err(forbidden(
-                None,
-                None,
-                format!(
-                    "change uses the actor of {:?}; the connection is {user}",
-                    String::from_utf8_lossy(owner.as_bytes())
-                ),
-            ));
+        let claimed = c
+            .author()
+            .and_then(|a| someone_else(a.as_bytes(), "change claims author"));
+        let bound = || {
+            doc.get_author_for_actor(c.actor_id())
+                .and_then(|a| someone_else(a.as_bytes(), "change uses the actor of"))
+        };
+        if let Some(refusal) = claimed.or_else(bound) {
+            return Err(refusal);
         }
     }
     if changes.is_empty() {

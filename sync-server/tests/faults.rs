@@ -752,7 +752,7 @@ fn check_server(
 
 /// One HTTP/1.1 GET over a fresh connection: status and JSON body.
 fn http_get(addr: SocketAddr, target: &str) -> (u16, Json) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP API");
     s.set_read_timeout(Some(CHECK_WAIT)).unwrap();
     write!(
@@ -760,19 +760,7 @@ fn http_get(addr: SocketAddr, target: &str) -> (u16, Json) {
         "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return (0, Json::String(text));
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = serde_json::from_str(body).unwrap_or(Json::String(body.to_owned()));
-    (status, json)
+    common::read_json_response(&mut s)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -58,19 +58,7 @@ fn raw(
 }
 
 fn response(s: &mut TcpStream) -> (u16, Json) {
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return (0, Json::String(text));
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let json = serde_json::from_str(body).unwrap_or(Json::String(body.to_owned()));
-    (status, json)
+    common::read_json_response(s)
 }
 
 fn session(addr: SocketAddr, room: &str, user: &str, token: &str, dir: &Path) -> Session {

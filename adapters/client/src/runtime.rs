@@ -2,7 +2,7 @@
 //!
 //! Hosts such as Blender own the main thread and have no event loop we may use, so the
 //! network runs on two worker threads started on first use and kept for the life of the
-//! process (FACTS.md: a runtime on background threads keeps running inside bpy).
+//! process (measured: a runtime on background threads keeps running inside bpy).
 
 use std::sync::OnceLock;
 

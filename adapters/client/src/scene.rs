@@ -56,7 +56,7 @@ const MAX_REFUSALS: usize = 1000;
 pub(crate) const HOLD_FOR_COMMIT_MS: i64 = 250;
 
 /// Automerge applies many changes in one call far more slowly than in small batches
-/// (FACTS.md): a sync message with more than this many changes is applied through the
+/// (1000 changes in one call took 7.4 s at 100k nodes, one at a time 0.92 s): a sync message with more than this many changes is applied through the
 /// scene first.
 const PRE_APPLY_THRESHOLD: usize = 16;
 

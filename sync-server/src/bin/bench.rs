@@ -1,4 +1,4 @@
-//! `tandem-bench`: prints the sync server's figures (DESIGN.md "Figures to reach").
+//! `tandem-bench`: prints the sync server's figures (the design's "figures to reach").
 //!
 //! Runs the real `tandem` binary (built next to this one) on 127.0.0.1 with a store in a
 //! temp dir and drives it over WebSockets:

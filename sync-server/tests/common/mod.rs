@@ -573,6 +573,25 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Read a whole HTTP/1.1 response (the request asked `Connection: close`): its status and
+/// JSON body (the body as a JSON string if it is not JSON; status 0 if there is no head).
+pub fn read_json_response(s: &mut std::net::TcpStream) -> (u16, serde_json::Value) {
+    use std::io::Read;
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return (0, serde_json::Value::String(text));
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
+    (status, json)
+}
+
 /// Step every client concurrently until `done` has held for each of them (a client keeps
 /// answering the server after it is done, since sync is pairwise request/response).
 pub async fn pump_until(
